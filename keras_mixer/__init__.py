@@ -1,0 +1,31 @@
+"""keras_mixer: MLP-Mixer and ResMLP for Keras 3.
+
+>>> import keras_mixer
+>>> model = keras_mixer.MixerB16()  # doctest: +SKIP
+"""
+
+from keras_mixer import layers
+from keras_mixer.common import count_flops
+from keras_mixer.common import feature_extractor
+from keras_mixer.common import preprocess_input
+from keras_mixer.mixer import MLPMixer
+from keras_mixer.mixer import MixerB16
+from keras_mixer.mixer import MixerB32
+from keras_mixer.mixer import MixerH14
+from keras_mixer.mixer import MixerL16
+from keras_mixer.mixer import MixerL32
+from keras_mixer.mixer import MixerS8
+from keras_mixer.mixer import MixerS16
+from keras_mixer.mixer import MixerS32
+from keras_mixer.resmlp import ResMLP
+from keras_mixer.resmlp import ResMLP12
+from keras_mixer.resmlp import ResMLP24
+from keras_mixer.resmlp import ResMLP36
+from keras_mixer.resmlp import ResMLPB24
+from keras_mixer.version import __version__
+
+# Every named variant: {"MixerB16": keras_mixer.MixerB16, ...}.
+MODELS = {
+    **__import__("keras_mixer.mixer", fromlist=["VARIANTS"]).VARIANTS,
+    **__import__("keras_mixer.resmlp", fromlist=["VARIANTS"]).VARIANTS,
+}
