@@ -238,6 +238,7 @@ def build_model(
         x = inputs
     else:
         inputs = keras.utils.get_source_inputs(input_tensor)
+        inputs = inputs[0] if len(inputs) == 1 else inputs
         x = input_tensor
     if include_preprocessing:
         mean, std = preprocessing_constants(preprocessing, shape[-1])
@@ -320,7 +321,7 @@ def feature_extractor(model, layer_names=None):
             f"are {[l.name for l in model.layers]}."
         )
     outputs = {n: model.get_layer(n).output for n in layer_names}
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")
 
 
 def count_flops(model):

@@ -1,0 +1,39 @@
+import pathlib
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+version = {}
+exec((HERE / "keras_mixer" / "version.py").read_text(), version)
+
+setup(
+    name="keras-mixer",
+    version=version["__version__"],
+    description="MLP-Mixer and ResMLP for Keras 3 (TensorFlow, JAX, PyTorch).",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_mixer", "keras_mixer.*"]),
+    install_requires=[
+        # The default backend. The Linux wheel is CPU-ready; CUDA is opt-in.
+        "tensorflow>=2.16",
+        "keras>=3.6",
+        "absl-py",
+        "numpy",
+        "h5py",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            # The JAX backend is tested in a subprocess (CPU build).
+            "jax[cpu]",
+        ],
+    },
+    entry_points={"console_scripts": ["keras-mixer=keras_mixer.cli:run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

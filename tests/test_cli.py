@@ -1,0 +1,69 @@
+"""The `keras-mixer` command line, run as a user runs it."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_mixer", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+
+
+def test_summary_prints_layers_parameters_and_gflops():
+    result = _run("summary", "--model=MixerS32", "--image_size=64", "--classes=10")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "block_7" in out and "pre_head_norm" in out
+    import keras_mixer
+
+    model = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10)
+    params = int(re.search(r"parameters: ([\d,]+)", out).group(1).replace(",", ""))
+    assert params == model.count_params()
+    gflops = float(re.search(r"GFLOPs per image.*: ([\d.]+)", out).group(1))
+    assert gflops == pytest.approx(keras_mixer.count_flops(model) / 1e9, abs=0.005)
+
+
+def test_summary_of_b16_at_224_reports_25_gflops():
+    result = _run("summary", "--model=MixerB16")
+    assert result.returncode == 0, result.stderr
+    assert "parameters: 59,880,472" in result.stdout
+    assert "GFLOPs per image (2 x multiply-accumulates): 25.20" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["summary", "--model=MixerZ9"], "Unknown --model 'MixerZ9'. Choose one of: MixerS32"),
+        (["summary", "--model=MixerS32", "--image_size=50"], "not a multiple of the patch size 32"),
+        (["fly"], "Expected a command (summary), got 'fly'"),
+        ([], "Expected a command"),
+    ],
+)
+def test_bad_input_is_a_usage_error(args, message):
+    result = _run(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_console_script_is_installed():
+    script = shutil.which("keras-mixer")
+    if script is None:
+        pytest.skip("keras-mixer is not on PATH: install with pip install -e .")
+    result = subprocess.run(
+        [script, "summary", "--model=ResMLP12", "--image_size=32"],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "parameters:" in result.stdout

@@ -1,0 +1,200 @@
+"""Each layer on its own: shapes, config round trip, gradients, semantics."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_mixer import layers as L
+
+RNG = np.random.default_rng(0)
+TOKENS = (2, 6, 8)  # batch, tokens, channels
+IMAGE = (2, 8, 12, 3)
+
+# (factory, input shape) for every layer of keras_mixer.layers.
+LAYER_CASES = {
+    "Normalize": (lambda: L.Normalize([0.4, 0.5, 0.6], [0.2, 0.3, 0.4]), IMAGE),
+    "PatchEmbedding": (lambda: L.PatchEmbedding(4, 8), IMAGE),
+    "TokenDense": (lambda: L.TokenDense(5), TOKENS),
+    "MlpBlock_channels": (lambda: L.MlpBlock(16, axis=-1), TOKENS),
+    "MlpBlock_tokens": (lambda: L.MlpBlock(4, axis=1, dropout_rate=0.1), TOKENS),
+    "DropPath": (lambda: L.DropPath(0.3, seed=1), TOKENS),
+    "MixerBlock": (lambda: L.MixerBlock(4, 16, drop_path_rate=0.1), TOKENS),
+    "Affine": (lambda: L.Affine(), TOKENS),
+    "LayerScale": (lambda: L.LayerScale(0.1), TOKENS),
+    "ResMLPBlock": (lambda: L.ResMLPBlock(1e-5, drop_path_rate=0.1), TOKENS),
+}
+EXPECTED_SHAPES = {
+    "PatchEmbedding": (2, 6, 8),
+    "TokenDense": (2, 5, 8),
+}
+
+
+def _randomise(layer):
+    for v in layer.weights:
+        v.assign(RNG.normal(size=v.shape).astype("float32"))
+
+
+def test_every_layer_is_covered():
+    public = {
+        name
+        for name, obj in vars(L).items()
+        if isinstance(obj, type) and issubclass(obj, keras.layers.Layer)
+    }
+    covered = {name.split("_")[0] for name in LAYER_CASES}
+    assert public == covered
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_shape_and_config_round_trip(case):
+    factory, shape = LAYER_CASES[case]
+    x = RNG.uniform(0, 255, size=shape).astype("float32")
+    layer = factory()
+    y = layer(x)
+    assert tuple(y.shape) == EXPECTED_SHAPES.get(case, shape)
+    assert tuple(layer.compute_output_shape(shape)) == tuple(y.shape)
+    _randomise(layer)
+
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    # Through Keras's serialization registry too (what .keras files use).
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert type(restored) is type(layer)
+    assert restored.get_config() == config
+    clone.build(shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(x), layer(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_gradient_reaches_every_trainable_weight(case):
+    factory, shape = LAYER_CASES[case]
+    layer = factory()
+    x = tf.constant(RNG.normal(size=shape).astype("float32"))
+    layer(x)
+    _randomise(layer)
+    with tf.GradientTape() as tape:
+        y = layer(x, training=False)
+        loss = tf.reduce_sum(y * tf.constant(RNG.normal(size=y.shape), y.dtype))
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert len(grads) == len(layer.trainable_weights)
+    for v, g in zip(layer.trainable_weights, grads):
+        assert g is not None, v.path
+        assert float(tf.reduce_max(tf.abs(g))) > 0, v.path
+
+
+def test_token_dense_equals_dense_on_swapped_axes():
+    x = RNG.normal(size=TOKENS).astype("float32")
+    layer = L.TokenDense(5)
+    layer(x)
+    _randomise(layer)
+    kernel, bias = (np.asarray(w, "float64") for w in layer.get_weights())
+    expected = np.swapaxes(np.swapaxes(x, 1, 2) @ kernel + bias, 1, 2)
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_block_over_tokens_is_the_channel_mlp_on_the_transpose():
+    x = RNG.normal(size=TOKENS).astype("float32")
+    tokens_mlp = L.MlpBlock(4, axis=1)
+    tokens_mlp(x)
+    _randomise(tokens_mlp)
+    channels_mlp = L.MlpBlock(4, axis=-1)
+    channels_mlp(np.swapaxes(x, 1, 2))
+    channels_mlp.set_weights(tokens_mlp.get_weights())
+    expected = np.swapaxes(channels_mlp(np.swapaxes(x, 1, 2)), 1, 2)
+    np.testing.assert_allclose(tokens_mlp(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+def test_mlp_block_gelu_flavour(approximate):
+    block = L.MlpBlock(3, approximate_gelu=approximate)
+    x = RNG.normal(size=(1, 1, 2)).astype("float32")
+    block(x)
+    w1, b1, w2, b2 = [np.asarray(w, "float64") for w in block.get_weights()]
+    h = x[0, 0] @ w1 + b1
+    if approximate:
+        g = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    else:
+        from math import erf
+
+        g = 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
+    np.testing.assert_allclose(block(x)[0, 0], g @ w2 + b2, rtol=1e-5)
+
+
+def test_patch_embedding_tokens_are_in_raster_order():
+    # Each patch is filled with its own index; a kernel summing the first
+    # channel then reads the index back (times patch area).
+    p, rows, cols = 2, 3, 4
+    image = np.zeros((1, rows * p, cols * p, 1), "float32")
+    for r in range(rows):
+        for c in range(cols):
+            image[0, r * p : (r + 1) * p, c * p : (c + 1) * p] = r * cols + c
+    layer = L.PatchEmbedding(p, 1)
+    layer(image)
+    layer.set_weights([np.ones((p, p, 1, 1), "float32"), np.zeros(1, "float32")])
+    tokens = np.asarray(layer(image))[0, :, 0] / (p * p)
+    np.testing.assert_allclose(tokens, np.arange(rows * cols))
+
+
+def test_patch_embedding_rejects_sides_not_multiple_of_patch():
+    with pytest.raises(ValueError, match="not a multiple of the patch size 4"):
+        L.PatchEmbedding(4, 8)(np.zeros((1, 10, 8, 3), "float32"))
+
+
+def test_normalize_values():
+    layer = L.Normalize(0.5, 0.5)
+    np.testing.assert_allclose(
+        layer(np.array([[0.0, 127.5, 255.0]], "float32")), [[-1, 0, 1]]
+    )
+    with pytest.raises(ValueError, match="3 entries but the input has 1"):
+        L.Normalize([0.1, 0.2, 0.3], [1, 1, 1])(np.zeros((1, 2, 2, 1)))
+    with pytest.raises(ValueError, match="std` must be positive"):
+        L.Normalize(0.5, 0.0)
+
+
+def test_drop_path_identity_at_inference_and_per_sample_in_training():
+    layer = L.DropPath(0.5, seed=3)
+    x = np.ones((256, 4, 3), "float32")
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    y = np.asarray(layer(x, training=True))
+    per_sample = y.reshape(256, -1)
+    # Each sample is dropped whole or kept whole and scaled by 1 / keep.
+    assert set(np.unique(per_sample)) == {0.0, 2.0}
+    assert np.all(per_sample.min(1) == per_sample.max(1))
+    kept = float((per_sample[:, 0] > 0).mean())
+    assert 0.35 < kept < 0.65
+
+
+def test_affine_and_layerscale_initial_values():
+    x = RNG.normal(size=TOKENS).astype("float32")
+    np.testing.assert_allclose(L.Affine()(x), x)
+    np.testing.assert_allclose(L.LayerScale(1e-5)(x), 1e-5 * x, rtol=1e-6)
+
+
+def test_mixer_block_layer_norms_are_separate():
+    block = L.MixerBlock(4, 16, name="block_0")
+    block(np.zeros(TOKENS, "float32"))
+    assert block.norm1 is not block.norm2
+    assert block.norm1.epsilon == block.norm2.epsilon == 1e-6
+    paths = {v.path for v in block.weights}
+    assert "block_0/norm1/gamma" in paths
+    assert "block_0/norm2/gamma" in paths
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (lambda: L.PatchEmbedding(0, 8), "patch_size` must be a positive"),
+        (lambda: L.MlpBlock(8, axis=2), "axis` must be -1"),
+        (lambda: L.MlpBlock(-1), "mlp_dim` must be a positive"),
+        (lambda: L.DropPath(1.0), r"rate` must be in \[0, 1\)"),
+        (lambda: L.MixerBlock(4, 0), "channels_mlp_dim` must be a positive"),
+        (lambda: L.ResMLPBlock(0.1, mlp_ratio=0), "mlp_ratio` must be positive"),
+    ],
+)
+def test_layer_argument_errors(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
