@@ -16,6 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_mixer", "keras_mixer.*"]),
+    package_data={"keras_mixer.labels": ["*.txt"]},
     install_requires=[
         # The default backend. The Linux wheel is CPU-ready; CUDA is opt-in.
         "tensorflow>=2.16",
@@ -23,8 +24,12 @@ setup(
         "absl-py",
         "numpy",
         "h5py",
+        # timm checkpoints (read as NumPy, no torch needed).
+        "safetensors",
     ],
     extras_require={
+        # deit / timm .pth checkpoints, read with torch.load(weights_only=True).
+        "torch": ["torch"],
         "test": [
             "pytest",
             # The JAX backend is tested in a subprocess (CPU build).

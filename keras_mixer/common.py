@@ -161,16 +161,8 @@ def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
     return tuple(int(s) for s in input_shape)
 
 
-def check_head_arguments(include_top, weights, pooling, classes, activation):
+def check_head_arguments(include_top, pooling, classes, activation):
     """The keras.applications argument checks, in their order."""
-    if weights is not None and not (
-        isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)
-    ):
-        raise ValueError(
-            "`weights` must be None (random initialisation) or the path of a "
-            "`.weights.h5` file saved from a model of the same configuration; "
-            f"got {weights!r}, which is not an existing file."
-        )
     if pooling not in POOLINGS:
         raise ValueError(
             f"Unknown `pooling` {pooling!r}. Use None (the token table "
@@ -221,9 +213,7 @@ def build_model(
         pre_head_norm: the normalisation layer named "pre_head_norm".
         (the rest: see the public constructors.)
     """
-    check_head_arguments(
-        include_top, weights, pooling, classes, classifier_activation
-    )
+    check_head_arguments(include_top, pooling, classes, classifier_activation)
     _check_positive_int("patch_size", patch_size)
     _check_positive_int("hidden_dim", hidden_dim)
     if not 0.0 <= head_dropout_rate < 1.0:
@@ -270,8 +260,58 @@ def build_model(
         )(x)
     model = keras.Model(inputs, x, name=name)
     if weights is not None:
-        model.load_weights(weights)
+        from keras_mixer import weights as weights_lib
+
+        weights_lib.assign_or_load(model, weights)
     return model
+
+
+def read_weights(weights):
+    """Reads the `weights` of a generic builder before the model is built.
+
+    Returns None, the path of a `.weights.h5` file, or a
+    `keras_mixer.convert.Checkpoint` (official .npz, timm, deit files).
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str) or not os.path.exists(weights):
+        raise ValueError(
+            f"`weights` {weights!r} is not an existing file. The generic "
+            "builders take None or a file path (an official .npz, a timm "
+            ".safetensors/.pth, a deit .pth or a .weights.h5); weights names "
+            "such as 'imagenet1k' belong to the named variants, e.g. "
+            "keras_mixer.MixerB16(weights='imagenet1k')."
+        )
+    if weights.endswith(".weights.h5"):
+        return weights
+    from keras_mixer import convert
+
+    checkpoint = convert.read_checkpoint(weights)
+    checkpoint.origin = weights
+    return checkpoint
+
+
+def grown_tokens_mlp_dim(checkpoint, tokens_mlp_dim, patch_size, shape):
+    """The token-mixing hidden width of a Mixer built at `shape` from
+    `checkpoint`: K_h * K_w * D_S when the patch grid is K_h x K_w times the
+    checkpoint's (paper Appendix C), else unchanged."""
+    from keras_mixer import resize
+
+    if (
+        checkpoint is None
+        or isinstance(checkpoint, str)
+        or checkpoint.family != "mixer"
+        or checkpoint.patch_size != patch_size
+    ):
+        return tokens_mlp_dim
+    grid = (shape[0] // patch_size, shape[1] // patch_size)
+    old = checkpoint.grid or resize.checkpoint_grid(
+        checkpoint.num_tokens, checkpoint.origin
+    )
+    kh, kw = resize.factors(old, grid)
+    return tokens_mlp_dim * kh * kw
 
 
 def stochastic_depth_rates(drop_path_rate, num_blocks):
@@ -357,8 +397,13 @@ Args:
     include_top: whether to end with the classifier (global average pooling
         and a dense head of `classes` units). False ends at the pre-head norm.
     weights: None (random initialisation, the default: several pretrained
-        weight sets exist and none is fetched silently) or the path of a
-        `.weights.h5` file saved from a model of the same configuration.
+        weight sets exist and none is fetched silently), a name from
+        `keras_mixer.list_weights("{function}")`, or the path of a checkpoint
+        (official .npz, timm .safetensors/.pth, deit .pth, or a `.weights.h5`
+        saved from keras_mixer). With `include_top=False` or another number
+        of `classes` all but the head are loaded and the head is fresh; at K
+        times the checkpoint's resolution per side the token mixing grows
+        block-diagonally (MLP-Mixer paper, Appendix C).
     input_tensor: optional symbolic tensor (from `keras.Input`) to use as the
         model's input.
     input_shape: `(height, width, channels)`, default
@@ -406,10 +451,21 @@ def make_variant(builder, config, function, default_name, docstring_fields):
         name=default_name,
         **kwargs,
     ):
+        from keras_mixer import weights as weights_lib
+
+        # Cheap checks first, then any download.
+        check_head_arguments(include_top, pooling, classes, classifier_activation)
+        resolve_input_shape(
+            input_tensor, input_shape, config["patch_size"], 224
+        )
+        path, entry = weights_lib.resolve(function, weights)
+        if entry is not None:
+            kwargs.setdefault("approximate_gelu", entry["approximate_gelu"])
+            kwargs.setdefault("preprocessing", entry["preprocessing"])
         return builder(
             **config,
             include_top=include_top,
-            weights=weights,
+            weights=path,
             input_tensor=input_tensor,
             input_shape=input_shape,
             pooling=pooling,

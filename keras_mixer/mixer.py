@@ -44,10 +44,10 @@ def MLPMixer(
     dropout_rate=0.0,
     drop_path_rate=0.0,
     name="mlp_mixer",
-    approximate_gelu=True,
+    approximate_gelu=None,
     layer_norm_epsilon=1e-6,
     head_dropout_rate=0.0,
-    preprocessing="tf",
+    preprocessing=None,
 ):
     """Builds an MLP-Mixer of any size.
 
@@ -65,13 +65,14 @@ def MLPMixer(
         include_top, weights, input_tensor, input_shape, pooling, classes,
         classifier_activation, include_preprocessing, dropout_rate,
         drop_path_rate, name: as in `keras_mixer.MixerB16`.
-        approximate_gelu: True (default) uses the tanh approximation of GELU,
-            as the official Flax code; False the exact erf GELU (timm).
+        approximate_gelu: True uses the tanh approximation of GELU, as the
+            official Flax code; False the exact erf GELU (timm). None (default):
+            the form of the `weights`' source, else True.
         layer_norm_epsilon: epsilon of every LayerNorm (1e-6 as Flax, timm).
         head_dropout_rate: dropout before the head (include_top only).
         preprocessing: input normalisation of `include_preprocessing`: "tf"
-            ([-1, 1], the official pipeline), "torch" (ImageNet mean/std) or
-            "zero_one".
+            ([-1, 1], the official pipeline; the default), "torch" (ImageNet
+            mean/std) or "zero_one".
 
     Returns:
         A `keras.Model`.
@@ -83,9 +84,22 @@ def MLPMixer(
     >>> model.count_params()
     10666
     """
-    for arg in ("num_blocks", "tokens_mlp_dim", "channels_mlp_dim"):
+    for arg in (
+        "patch_size", "hidden_dim", "num_blocks", "tokens_mlp_dim",
+        "channels_mlp_dim",
+    ):
         common._check_positive_int(arg, locals()[arg])
+    common.check_head_arguments(
+        include_top, pooling, classes, classifier_activation
+    )
+    shape = common.resolve_input_shape(input_tensor, input_shape, patch_size, 224)
     rates = common.stochastic_depth_rates(drop_path_rate, num_blocks)
+    checkpoint = common.read_weights(weights)
+    if approximate_gelu is None:
+        approximate_gelu = getattr(checkpoint, "approximate_gelu", True)
+    tokens_mlp_dim = common.grown_tokens_mlp_dim(
+        checkpoint, tokens_mlp_dim, patch_size, shape
+    )
 
     def trunk(x):
         for i, rate in enumerate(rates):
@@ -108,14 +122,14 @@ def MLPMixer(
         patch_size=patch_size,
         hidden_dim=hidden_dim,
         include_top=include_top,
-        weights=weights,
+        weights=checkpoint,
         input_tensor=input_tensor,
         input_shape=input_shape,
         pooling=pooling,
         classes=classes,
         classifier_activation=classifier_activation,
         include_preprocessing=include_preprocessing,
-        preprocessing=preprocessing,
+        preprocessing=preprocessing or "tf",
         head_dropout_rate=head_dropout_rate,
         default_size=224,
         name=name,

@@ -44,9 +44,9 @@ def ResMLP(
     dropout_rate=0.0,
     drop_path_rate=0.0,
     name="resmlp",
-    approximate_gelu=False,
+    approximate_gelu=None,
     head_dropout_rate=0.0,
-    preprocessing="torch",
+    preprocessing=None,
 ):
     """Builds a ResMLP of any size.
 
@@ -65,7 +65,8 @@ def ResMLP(
         include_top, weights, input_tensor, input_shape, pooling, classes,
         classifier_activation, include_preprocessing, dropout_rate,
         drop_path_rate, name: as in `keras_mixer.ResMLP12`.
-        approximate_gelu: False (default) uses the exact GELU, as deit.
+        approximate_gelu: False uses the exact GELU, as deit; None (default)
+            takes the form of the `weights`' source, else False.
         head_dropout_rate: dropout before the head (include_top only).
         preprocessing: input normalisation of `include_preprocessing`:
             "torch" (ImageNet mean/std, default), "tf" or "zero_one".
@@ -80,7 +81,15 @@ def ResMLP(
     >>> model.get_layer("block_0").ls1.init_value
     0.1
     """
-    common._check_positive_int("num_blocks", num_blocks)
+    for arg in ("patch_size", "hidden_dim", "num_blocks"):
+        common._check_positive_int(arg, locals()[arg])
+    common.check_head_arguments(
+        include_top, pooling, classes, classifier_activation
+    )
+    common.resolve_input_shape(input_tensor, input_shape, patch_size, 224)
+    checkpoint = common.read_weights(weights)
+    if approximate_gelu is None:
+        approximate_gelu = getattr(checkpoint, "approximate_gelu", False)
     if layerscale_init is None:
         layerscale_init = default_layerscale_init(num_blocks)
     rates = common.stochastic_depth_rates(drop_path_rate, num_blocks)
@@ -103,14 +112,14 @@ def ResMLP(
         patch_size=patch_size,
         hidden_dim=hidden_dim,
         include_top=include_top,
-        weights=weights,
+        weights=checkpoint,
         input_tensor=input_tensor,
         input_shape=input_shape,
         pooling=pooling,
         classes=classes,
         classifier_activation=classifier_activation,
         include_preprocessing=include_preprocessing,
-        preprocessing=preprocessing,
+        preprocessing=preprocessing or "torch",
         head_dropout_rate=head_dropout_rate,
         default_size=224,
         name=name,

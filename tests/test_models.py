@@ -241,7 +241,7 @@ def test_preprocess_input_matches_include_preprocessing(mode):
         (dict(input_shape=(224, 224)), r"must be \(height, width, channels\)"),
         (dict(classes=0), "`classes` must be a positive integer"),
         (dict(classifier_activation="softmaxx"), "Unknown `classifier_activation`"),
-        (dict(weights="imagenet"), "`weights` must be None .* not an existing file"),
+        (dict(weights="imagenet"), "`weights` .imagenet. is neither a weights name of MixerS32 \(gsam\) nor an existing file"),
         (dict(drop_path_rate=1.0), r"drop_path_rate` must be in \[0, 1\)"),
         (dict(input_tensor=keras.Input((64, 64, 3)), input_shape=(32, 32, 3)), r"`input_tensor` has shape .*\(64, 64, 3\) but `input_shape` is \(32, 32, 3\)"),
         (dict(input_tensor=np.zeros((1, 64, 64, 3))), "must be a symbolic Keras tensor"),

@@ -1,0 +1,305 @@
+"""The weights table, downloads, exact loading and the Appendix C resize."""
+
+import functools
+import hashlib
+import http.server
+import io
+import logging
+import os
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mixer
+from keras_mixer import convert
+from keras_mixer import resize
+from keras_mixer import weights as W
+
+RNG = np.random.default_rng(0)
+
+
+def _randomise(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        fan_in = v.shape[0] if len(v.shape) == 2 else 1
+        v.assign(rng.normal(size=v.shape) / np.sqrt(max(fan_in, 1)))
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+# --- The table ---------------------------------------------------------------
+
+ISSUE_NAMES = {
+    "MixerB16": {"imagenet1k", "imagenet21k", "sam", "gsam", "goog_in21k_ft_in1k", "miil_in21k_ft_in1k"},
+    "MixerL16": {"imagenet1k", "imagenet21k", "goog_in21k_ft_in1k"},
+    "MixerB32": {"sam", "gsam"},
+    "MixerS8": {"gsam"},
+    "MixerS16": {"gsam"},
+    "MixerS32": {"gsam"},
+    "ResMLP12": {"imagenet1k", "imagenet1k_distilled", "dino"},
+    "ResMLP24": {"imagenet1k", "imagenet1k_distilled", "dino"},
+    "ResMLP36": {"imagenet1k", "imagenet1k_distilled"},
+    "ResMLPB24": {"imagenet1k", "imagenet1k_distilled", "imagenet22k_ft_in1k"},
+}
+FIELDS = {
+    "url", "filename", "format", "source", "license", "classes", "resolution",
+    "preprocessing", "approximate_gelu", "sha256", "description",
+}
+
+
+def test_table_has_every_published_name_with_all_fields():
+    for model, names in ISSUE_NAMES.items():
+        assert names <= set(W.WEIGHTS[model]), model
+    filenames = set()
+    for model, entries in W.WEIGHTS.items():
+        assert model in keras_mixer.MODELS
+        for name, entry in entries.items():
+            assert set(entry) == FIELDS, (model, name)
+            assert entry["url"].startswith("https://")
+            assert entry["format"] in ("flax_npz", "torch")
+            assert entry["preprocessing"] in keras_mixer.common.PREPROCESSING_MODES
+            assert entry["classes"] in keras_mixer.labels.LABEL_SETS
+            # Google's file names repeat across collections: cache names don't.
+            assert entry["filename"] not in filenames
+            filenames.add(entry["filename"])
+            google = entry["format"] == "flax_npz"
+            assert entry["approximate_gelu"] is google
+    assert W.WEIGHTS["MixerB16"]["imagenet1k"]["url"] == (
+        "https://storage.googleapis.com/mixer_models/imagenet1k/Mixer-B_16.npz"
+    )
+    assert W.WEIGHTS["MixerB16"]["imagenet21k"]["classes"] == 21843
+
+
+def test_timm_file_names_carry_a_verified_hash_prefix():
+    entry = W.WEIGHTS["MixerB16"]["goog_in21k_ft_in1k"]
+    assert W.expected_hash(entry) == (None, "76587d61")
+    assert W.expected_hash(W.WEIGHTS["MixerB16"]["imagenet1k"]) == (None, None)
+
+
+def test_list_weights_prints_the_table():
+    out = io.StringIO()
+    table = keras_mixer.list_weights("MixerB16", file=out)
+    text = out.getvalue()
+    assert set(table) == {"MixerB16"}
+    for name in W.WEIGHTS["MixerB16"]:
+        assert f"  {name}: " in text
+    assert "mixer_models/imagenet21k/Mixer-B_16.npz" in text
+    with pytest.raises(ValueError, match="No pretrained weights are published for 'MixerH14'"):
+        keras_mixer.list_weights("MixerH14", file=out)
+
+
+# --- Downloads against a local HTTP server ----------------------------------
+
+
+class _Server:
+    """Serves a folder on 127.0.0.1 and counts the requests."""
+
+    def __init__(self, folder):
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.requests.append(self.path)
+                super().do_GET()
+
+        handler = functools.partial(Handler, directory=str(folder))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A fake table entry for MixerS32 served from 127.0.0.1; KERAS_HOME in
+    tmp_path so nothing touches the user's cache."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.delenv("KERAS_MIXER_WEIGHTS_DIR", raising=False)
+    folder = tmp_path / "www"
+    folder.mkdir()
+    payload = b"weights" * 1000
+    (folder / "file.npz").write_bytes(payload)
+    with _Server(folder) as server:
+        entry = dict(
+            W.WEIGHTS["MixerS32"]["gsam"],
+            url=f"{server.url}/file.npz",
+            filename="test_file.npz",
+            sha256=hashlib.sha256(payload).hexdigest(),
+        )
+        monkeypatch.setitem(W.WEIGHTS["MixerS32"], "test", entry)
+        server.folder = folder
+        yield server, entry, payload
+
+
+def test_download_then_cache_hit(served):
+    server, entry, payload = served
+    path = W.fetch("MixerS32", "test")
+    assert path == os.path.join(W.cache_dir(), "test_file.npz")
+    assert open(path, "rb").read() == payload
+    assert server.requests == ["/file.npz"]
+    assert W.fetch("MixerS32", "test") == path
+    assert server.requests == ["/file.npz"]  # no second download
+
+
+def test_checksum_mismatch_removes_the_file(served, monkeypatch):
+    server, entry, payload = served
+    monkeypatch.setitem(entry, "sha256", "0" * 64)
+    with pytest.raises(ValueError, match="Checksum mismatch .* was removed"):
+        W.fetch("MixerS32", "test")
+    assert not os.path.exists(os.path.join(W.cache_dir(), "test_file.npz"))
+
+
+def test_hash_prefix_in_file_name_is_verified(served, monkeypatch):
+    server, entry, payload = served
+    good = hashlib.sha256(payload).hexdigest()[:8]
+    monkeypatch.setitem(entry, "sha256", None)
+    monkeypatch.setitem(entry, "url", f"{server.url}/file-{good}.npz")
+    (server.folder / f"file-{good}.npz").write_bytes(payload)
+    os.remove(W.fetch("MixerS32", "test"))  # verified, then removed here
+    (server.folder / f"file-{good}.npz").write_bytes(payload + b"tampered")
+    with pytest.raises(ValueError, match=f"expected sha256 {good}"):
+        W.fetch("MixerS32", "test")
+    assert not os.path.exists(os.path.join(W.cache_dir(), "test_file.npz"))
+
+
+def test_offline_error_names_the_url_and_where_to_put_the_file(served, monkeypatch):
+    server, entry, payload = served
+    monkeypatch.setitem(entry, "url", f"{server.url}/missing.npz")
+    with pytest.raises(ValueError) as info:
+        W.fetch("MixerS32", "test")
+    message = str(info.value)
+    assert f"{server.url}/missing.npz" in message
+    assert os.path.join(W.cache_dir(), "test_file.npz") in message
+    assert "KERAS_MIXER_WEIGHTS_DIR" in message
+
+
+def test_weights_dir_skips_the_network(served, tmp_path, monkeypatch):
+    server, entry, payload = served
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "test_file.npz").write_bytes(payload)
+    monkeypatch.setenv("KERAS_MIXER_WEIGHTS_DIR", str(local))
+    assert W.fetch("MixerS32", "test") == str(local / "test_file.npz")
+    assert server.requests == []
+
+
+# --- The Appendix C resize ---------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["mixer", "resmlp"])
+@pytest.mark.parametrize("new_shape", [(64, 64, 3), (32, 96, 3)])
+def test_tiled_image_gives_the_small_models_logits(family, new_shape):
+    if family == "mixer":
+        small = keras_mixer.MLPMixer(
+            patch_size=8, hidden_dim=24, num_blocks=2, tokens_mlp_dim=6,
+            channels_mlp_dim=48, input_shape=(32, 32, 3), classes=7,
+            classifier_activation=None,
+        )
+    else:
+        small = keras_mixer.ResMLP(
+            patch_size=8, hidden_dim=24, num_blocks=2, input_shape=(32, 32, 3),
+            classes=7, classifier_activation=None,
+        )
+    _randomise(small)
+    large = keras_mixer.resize_token_mixing(small, new_shape)
+    kh, kw = new_shape[0] // 32, new_shape[1] // 32
+    if family == "mixer":
+        assert large.get_layer("block_0").tokens_mlp_dim == 6 * kh * kw
+    image = RNG.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    tiled = np.tile(image, (1, kh, kw, 1))
+    expected = np.asarray(small(image))
+    assert _rel(large(tiled), expected) < 1e-5
+    # A non-tiled image does not give those logits: the test can fail.
+    other = tiled.copy()
+    other[:, :32, :32] = RNG.uniform(0, 255, (2, 32, 32, 3))
+    assert _rel(large(other), expected) > 1e-3
+
+
+def test_blocks_are_permuted_not_contiguous():
+    part, local = resize.token_index_map((2, 2), (4, 4))
+    # Raster order over the 4x4 grid: the first row crosses two parts.
+    np.testing.assert_array_equal(part[:4], [0, 0, 1, 1])
+    np.testing.assert_array_equal(local[:4], [0, 1, 0, 1])
+    np.testing.assert_array_equal(part[4:8], [0, 0, 1, 1])
+    np.testing.assert_array_equal(local[4:8], [2, 3, 2, 3])
+
+
+def test_non_integer_factor_is_refused():
+    small = keras_mixer.MixerS32(input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="must grow by an integer factor K"):
+        keras_mixer.resize_token_mixing(small, (96, 96, 3))
+    with pytest.raises(ValueError, match="not a multiple of the patch size 32"):
+        keras_mixer.resize_token_mixing(small, (100, 100, 3))
+
+
+# --- Heads and class names ---------------------------------------------------
+
+
+def test_other_class_count_and_no_top_load_all_but_the_head(caplog):
+    source = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10)
+    _randomise(source)
+    checkpoint = convert.Checkpoint(
+        tensors={v.path: np.asarray(v) for v in source.weights},
+        family="mixer", source="keras", approximate_gelu=True,
+    )
+    target = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=3)
+    with caplog.at_level(logging.WARNING, logger="keras_mixer"):
+        W.assign_checkpoint(target, checkpoint)
+    assert "head has 10 classes, the model 3" in caplog.text
+    assert np.all(np.asarray(target.get_layer("head").kernel) == 0)
+    np.testing.assert_array_equal(
+        target.get_layer("stem").proj.kernel, source.get_layer("stem").proj.kernel
+    )
+    backbone = keras_mixer.MixerS32(input_shape=(64, 64, 3), include_top=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="keras_mixer"):
+        W.assign_checkpoint(backbone, checkpoint)
+    assert "no head (include_top=False)" in caplog.text
+    x = RNG.uniform(0, 255, (1, 64, 64, 3))
+    features = keras_mixer.feature_extractor(source)(x)["pre_head_norm"]
+    np.testing.assert_allclose(backbone(x), features, rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_tensor_names_path_and_shapes():
+    source = keras_mixer.MixerS32(input_shape=(64, 64, 3))
+    tensors = {v.path: np.asarray(v) for v in source.weights}
+    other = keras_mixer.MixerS16(input_shape=(64, 64, 3))
+    checkpoint = convert.Checkpoint(tensors, "mixer", "keras", True)
+    with pytest.raises(ValueError, match=r"'stem/proj/kernel' has shape \(32, 32, 3, 512\), the model expects \(16, 16, 3, 512\)"):
+        W.assign_checkpoint(other, checkpoint)
+    del tensors["block_3/norm2/gamma"]
+    with pytest.raises(ValueError, match=r"no tensor for 'block_3/norm2/gamma' \(expected shape \(512,\)\)"):
+        W.assign_checkpoint(source, convert.Checkpoint(tensors, "mixer", "keras", True))
+    resmlp = keras_mixer.ResMLP12(input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="is a mixer checkpoint .* but 'resmlp_12' is a resmlp model"):
+        W.assign_checkpoint(resmlp, checkpoint)
+
+
+def test_decode_predictions():
+    scores = np.zeros((2, 1000))
+    scores[0, [1, 207, 3]] = [0.2, 0.7, 0.1]
+    scores[1, 999] = 1.0
+    decoded = keras_mixer.decode_predictions(scores, top=2)
+    assert decoded[0] == [("n02099601", "golden retriever", 0.7), ("n01443537", "goldfish", 0.2)]
+    assert decoded[1][0][:2] == ("n15075141", "toilet tissue")
+    names = keras_mixer.labels.class_names(21843)
+    assert len(names) == 21843 and len(set(w for w, _ in names)) == 21843
+    assert len(keras_mixer.labels.class_names(11221)) == 11221
+    with pytest.raises(ValueError, match="No class names are shipped for a 10-class head"):
+        keras_mixer.decode_predictions(np.zeros((1, 10)))
