@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(__file__))
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -47,7 +49,7 @@ def test_summary_of_b16_at_224_reports_25_gflops():
     [
         (["summary", "--model=MixerZ9"], "Unknown --model 'MixerZ9'. Choose one of: MixerS32"),
         (["summary", "--model=MixerS32", "--image_size=50"], "not a multiple of the patch size 32"),
-        (["fly"], "Expected a command (summary), got 'fly'"),
+        (["fly"], "Expected a command (summary, weights, convert), got 'fly'"),
         ([], "Expected a command"),
     ],
 )
@@ -67,3 +69,44 @@ def test_console_script_is_installed():
     )
     assert result.returncode == 0, result.stderr
     assert "parameters:" in result.stdout
+
+
+def test_weights_lists_the_table():
+    result = _run("weights", "--model=MixerB16")
+    assert result.returncode == 0, result.stderr
+    assert "imagenet21k: 21843 classes" in result.stdout
+    assert "mixer_models/gsam/Mixer-B_16.npz" in result.stdout
+    everything = _run("weights")
+    assert "ResMLPB24" in everything.stdout and "dino" in everything.stdout
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".weights.h5"])
+def test_convert_a_local_checkpoint(tmp_path, suffix):
+    import keras
+    import numpy as np
+
+    import keras_mixer
+    from test_weights import _randomise, to_official_npz
+
+    source = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10)
+    _randomise(source, seed=9)
+    to_official_npz(source, tmp_path / "ckpt.npz")
+    out = tmp_path / f"mixer{suffix}"
+    result = _run(
+        "convert", "--model=MixerS32", f"--weights={tmp_path / 'ckpt.npz'}",
+        "--image_size=64", f"--output={out}",
+    )
+    assert result.returncode == 0, result.stderr
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3))
+    if suffix == ".keras":
+        restored = keras.models.load_model(out)
+    else:
+        restored = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10)
+        restored.load_weights(out)
+    np.testing.assert_allclose(restored(x), source(x), rtol=1e-6, atol=1e-7)
+
+
+def test_convert_needs_its_flags():
+    result = _run("convert", "--model=MixerS32")
+    assert result.returncode != 0
+    assert "convert needs --model, --weights and --output" in result.stderr

@@ -303,3 +303,70 @@ def test_decode_predictions():
     assert len(keras_mixer.labels.class_names(11221)) == 11221
     with pytest.raises(ValueError, match="No class names are shipped for a 10-class head"):
         keras_mixer.decode_predictions(np.zeros((1, 10)))
+
+
+# --- End to end: a table name served over HTTP, through the constructor ------
+
+
+def to_official_npz(model, path):
+    """Writes `model`'s weights with the official Flax key names."""
+    names = {
+        "stem/proj/": "stem/",
+        "norm1/gamma": "LayerNorm_0/scale", "norm1/beta": "LayerNorm_0/bias",
+        "norm2/gamma": "LayerNorm_1/scale", "norm2/beta": "LayerNorm_1/bias",
+        "fc1/": "Dense_0/", "fc2/": "Dense_1/",
+        "pre_head_norm/gamma": "pre_head_layer_norm/scale",
+        "pre_head_norm/beta": "pre_head_layer_norm/bias",
+    }
+    arrays = {}
+    for v in model.weights:
+        key = v.path
+        for old, new in names.items():
+            key = key.replace(old, new)
+        if key.startswith("block_"):
+            key = "MixerBlock_" + key[len("block_"):]
+        arrays[key] = np.asarray(v)
+    np.savez(path, **arrays)
+
+
+def test_named_weights_download_load_and_resize(tmp_path, monkeypatch):
+    """MixerS32 at full size, its official-layout file served from
+    127.0.0.1 under a table name: the constructor downloads, verifies, loads
+    exactly; at 2x the resolution the tiled image gives the same logits."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.delenv("KERAS_MIXER_WEIGHTS_DIR", raising=False)
+    source = keras_mixer.MixerS32(classifier_activation=None)
+    _randomise(source, seed=5)
+    www = tmp_path / "www"
+    www.mkdir()
+    to_official_npz(source, www / "Mixer-S_32.npz")
+    digest = hashlib.sha256((www / "Mixer-S_32.npz").read_bytes()).hexdigest()
+    with _Server(www) as server:
+        entry = dict(
+            W.WEIGHTS["MixerS32"]["gsam"],
+            url=f"{server.url}/Mixer-S_32.npz",
+            filename="e2e_Mixer-S_32.npz",
+            sha256=digest,
+        )
+        monkeypatch.setitem(W.WEIGHTS["MixerS32"], "e2e", entry)
+        model = keras_mixer.MixerS32(weights="e2e", classifier_activation=None)
+        large = keras_mixer.MixerS32(
+            weights="e2e", input_shape=(448, 448, 3), classifier_activation=None
+        )
+        assert server.requests == ["/Mixer-S_32.npz"]  # the second is cached
+    assert model.get_layer("block_0").approximate_gelu is True
+    x = RNG.uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    expected = np.asarray(source(x))
+    assert _rel(model(x), expected) < 1e-6
+    assert large.get_layer("block_0").tokens_mlp_dim == 4 * 256
+    assert _rel(large(np.tile(x, (1, 2, 2, 1))), expected) < 1e-5
+    # Fine-tuning on 10 classes is one line: all but the head, a zero head.
+    tuned = keras_mixer.MixerS32(
+        weights=str(tmp_path / "keras_home/models/keras_mixer/e2e_Mixer-S_32.npz"),
+        classes=10,
+    )
+    assert np.all(np.asarray(tuned.get_layer("head").kernel) == 0)
+    np.testing.assert_array_equal(
+        tuned.get_layer("block_7").channel_mixing.fc2.kernel,
+        source.get_layer("block_7").channel_mixing.fc2.kernel,
+    )

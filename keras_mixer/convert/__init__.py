@@ -234,4 +234,6 @@ def read_checkpoint(path):
         arrays = timm.read_safetensors(path)
     else:
         arrays = timm.read_torch(path)
-    return convert_arrays(arrays, origin=path)
+    checkpoint = convert_arrays(arrays, origin=path)
+    checkpoint.origin = path
+    return checkpoint
