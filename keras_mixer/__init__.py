@@ -5,6 +5,8 @@
 """
 
 from keras_mixer import layers
+from keras_mixer import mixer
+from keras_mixer import resmlp
 from keras_mixer.common import count_flops
 from keras_mixer.common import feature_extractor
 from keras_mixer.common import preprocess_input
@@ -29,7 +31,4 @@ from keras_mixer.weights import WEIGHTS
 from keras_mixer.weights import list_weights
 
 # Every named variant: {"MixerB16": keras_mixer.MixerB16, ...}.
-MODELS = {
-    **__import__("keras_mixer.mixer", fromlist=["VARIANTS"]).VARIANTS,
-    **__import__("keras_mixer.resmlp", fromlist=["VARIANTS"]).VARIANTS,
-}
+MODELS = {**mixer.VARIANTS, **resmlp.VARIANTS}

@@ -158,7 +158,8 @@ WEIGHTS["ResMLPB24"]["imagenet22k_ft_in1k"] = _deit(
 for _depth in ("12", "24"):
     WEIGHTS[f"ResMLP{_depth}"]["dino"] = _deit(
         f"resmlp_{_depth}_dino.pth", 1000,
-        "Self-supervised with DINO, no fine-tuning (the head is not a trained classifier).",
+        "Self-supervised with DINO, no fine-tuning: a backbone for features "
+        "or fine-tuning; its head, if present, is not a trained classifier.",
     )
 
 
@@ -325,6 +326,12 @@ def assign_checkpoint(model, checkpoint, origin="checkpoint"):
         logger.warning(
             "%s: the model has no head (include_top=False); the checkpoint's "
             "%d-class head was not loaded.", model.name, checkpoint.num_classes
+        )
+    elif has_head and "head/kernel" not in tensors:
+        skip_head = True
+        logger.warning(
+            "%s: the checkpoint has no head (e.g. self-supervised weights); "
+            "the head is fresh (zero-initialised).", model.name
         )
     elif has_head and "head/kernel" in tensors:
         classes = int(model.get_layer("head").kernel.shape[-1])

@@ -271,6 +271,11 @@ def test_other_class_count_and_no_top_load_all_but_the_head(caplog):
     with caplog.at_level(logging.WARNING, logger="keras_mixer"):
         W.assign_checkpoint(backbone, checkpoint)
     assert "no head (include_top=False)" in caplog.text
+    headless = {k: v for k, v in checkpoint.tensors.items() if not k.startswith("head/")}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="keras_mixer"):
+        W.assign_checkpoint(target, convert.Checkpoint(headless, "mixer", "keras", True))
+    assert "the checkpoint has no head" in caplog.text
     x = RNG.uniform(0, 255, (1, 64, 64, 3))
     features = keras_mixer.feature_extractor(source)(x)["pre_head_norm"]
     np.testing.assert_allclose(backbone(x), features, rtol=1e-5, atol=1e-5)
