@@ -25,6 +25,7 @@ deit computes the exact (erf) GELU.
 
 from keras_mixer.convert import Checkpoint
 from keras_mixer.convert import _common
+from keras_mixer.convert import timm
 
 
 def is_deit_layout(keys):
@@ -33,30 +34,32 @@ def is_deit_layout(keys):
     return "patch_embed.proj.weight" in set(keys)
 
 
+# deit's names are timm's ResMLP names under other words (timm converts deit
+# files the same way): the plan is timm's, with the keys renamed back.
+_TIMM_TO_DEIT = (
+    ("stem.", "patch_embed."),
+    (".linear_tokens.", ".attn."),
+    (".mlp_channels.", ".mlp."),
+    (".ls1", ".gamma_1"),
+    (".ls2", ".gamma_2"),
+)
+
+
+def _to_timm(key):
+    for timm_name, deit_name in _TIMM_TO_DEIT:
+        key = key.replace(deit_name, timm_name)
+    return key
+
+
+def _to_deit(key):
+    for timm_name, deit_name in _TIMM_TO_DEIT:
+        key = key.replace(timm_name, deit_name)
+    return key
+
+
 def _plan(keys):
-    lin, vec, ident = _common.linear, _common.vector, _common.identity
-    plan = {
-        "patch_embed.proj.weight": ("stem/proj/kernel", _common.conv_oihw_to_hwio),
-        "patch_embed.proj.bias": ("stem/proj/bias", ident),
-        "norm.alpha": ("pre_head_norm/alpha", vec),
-        "norm.beta": ("pre_head_norm/beta", vec),
-        "head.weight": ("head/kernel", lin),
-        "head.bias": ("head/bias", ident),
-    }
-    blocks = _common.block_indices(keys, r"blocks\.(\d+)\.")
-    for i in range(max(blocks) + 1 if blocks else 0):
-        src, dst = f"blocks.{i}", f"block_{i}"
-        for norm in ("norm1", "norm2"):
-            plan[f"{src}.{norm}.alpha"] = (f"{dst}/{norm}/alpha", vec)
-            plan[f"{src}.{norm}.beta"] = (f"{dst}/{norm}/beta", vec)
-        plan[f"{src}.attn.weight"] = (f"{dst}/cross_patch/kernel", lin)
-        plan[f"{src}.attn.bias"] = (f"{dst}/cross_patch/bias", ident)
-        plan[f"{src}.gamma_1"] = (f"{dst}/ls1/gamma", vec)
-        plan[f"{src}.gamma_2"] = (f"{dst}/ls2/gamma", vec)
-        for fc in ("fc1", "fc2"):
-            plan[f"{src}.mlp.{fc}.weight"] = (f"{dst}/channel_mixing/{fc}/kernel", lin)
-            plan[f"{src}.mlp.{fc}.bias"] = (f"{dst}/channel_mixing/{fc}/bias", ident)
-    return plan, blocks
+    plan, blocks = timm._plan([_to_timm(k) for k in keys], "resmlp")
+    return {_to_deit(k): target for k, target in plan.items()}, blocks
 
 
 def convert(state_dict):
