@@ -16,7 +16,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_mixer", "keras_mixer.*"]),
-    package_data={"keras_mixer.labels": ["*.txt"]},
+    package_data={
+        "keras_mixer.labels": ["*.txt"],
+        # scikit-learn's copy of the UCI handwritten digits (the demo's data).
+        "keras_mixer": ["assets/*.gz", "assets/*.txt"],
+    },
     install_requires=[
         # The default backend. The Linux wheel is CPU-ready; CUDA is opt-in.
         "tensorflow>=2.16",
@@ -26,6 +30,9 @@ setup(
         "h5py",
         # timm checkpoints (read as NumPy, no torch needed).
         "safetensors",
+        # Training: datasets by name, and TensorBoard logs.
+        "tensorflow-datasets",
+        "tensorboard",
     ],
     extras_require={
         # deit / timm .pth checkpoints, read with torch.load(weights_only=True).

@@ -5,13 +5,25 @@ Commands:
     weights   the table of pretrained weights (all, or --model's).
     convert   builds a model with --weights and saves it as --output
               (.keras or .weights.h5), for air-gapped machines.
+    train     trains or fine-tunes (--config, --dataset, --output_dir, ...)
+              under a tf.distribute strategy; resumes after interruption.
+    evaluate  top-1/top-5 of a model on a dataset, or --fewshot 1,5,10,25.
+    demo      trains a small Mixer on the bundled digits (offline, ~1 min on
+              two CPU cores) and classifies held-out digits with the result.
 
 Examples:
     keras-mixer summary --model MixerB16 --image_size 224
     keras-mixer weights --model MixerB16
     keras-mixer convert --model MixerB16 --weights imagenet1k --output mixer_b16.keras
+    keras-mixer train --config mixer_b16_imagenet --output_dir runs/b16 --strategy tpu --tpu my-tpu
+    keras-mixer train --dataset cifar10 --model MixerB16 --weights imagenet21k \
+        --image_size 448 --output_dir runs/b16_cifar10
+    keras-mixer evaluate --model runs/b16_cifar10/final.keras --dataset cifar10 --fewshot 1,5,10,25
+    keras-mixer demo --output_dir mixer_demo
 """
 
+import json
+import os
 import sys
 
 from absl import app
@@ -37,6 +49,63 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     "include_top", True, "Build with the classification head."
 )
+
+# train / evaluate / demo. A flag left unset keeps the config's value.
+flags.DEFINE_string(
+    "config", None, "Named recipe (keras_mixer.recipes.CONFIGS), e.g. "
+    "mixer_b16_imagenet, mixer_l16_imagenet21k, resmlp_s12_imagenet, finetune; "
+    "default: finetune with --weights, else default."
+)
+flags.DEFINE_string(
+    "dataset", None, "digits (bundled), a tensorflow-datasets name (cifar10, "
+    "imagenet2012, ...) or folder:PATH (one sub-folder per class)."
+)
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
+flags.DEFINE_string("output_dir", None, "Run folder: backups, history.csv, "
+                    "best.keras, final.keras, metrics.json, logs/.")
+flags.DEFINE_integer("epochs", None, "Epochs.")
+flags.DEFINE_integer("batch_size", None, "Global batch size (per-replica "
+                     "batch x replicas).")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default: "
+                     "training examples // global batch.")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate at the "
+                   "config's base_batch (scaled linearly to the global batch).")
+flags.DEFINE_enum("optimizer", None, ["adamw", "lamb", "sgd"], "Optimizer.")
+flags.DEFINE_float("weight_decay", None, "Decoupled weight decay (kernels).")
+flags.DEFINE_integer("warmup_steps", None, "Linear warmup steps.")
+flags.DEFINE_enum("decay", None, ["linear", "cosine", "constant"],
+                  "Decay after warmup.")
+flags.DEFINE_float("label_smoothing", None, "Label smoothing.")
+flags.DEFINE_float("dropout_rate", None, "Dropout in the MLPs.")
+flags.DEFINE_float("drop_path_rate", None, "Stochastic depth (last block).")
+flags.DEFINE_string("randaugment", None, "RandAugment 'num_ops,magnitude' "
+                    "(magnitude 0..20), or 'none'.")
+flags.DEFINE_float("mixup", None, "MixUp alpha (0: off).")
+flags.DEFINE_float("cutmix", None, "CutMix alpha (0: off).")
+flags.DEFINE_float("ema", None, "EMA momentum of the weights (0: off).")
+flags.DEFINE_integer("grad_accum_steps", None, "Gradient accumulation steps.")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16", "auto"],
+                  "float32, bfloat16 (mixed; TPU, CPU), float16 (mixed with "
+                  "loss scaling; GPU), or auto.")
+flags.DEFINE_string("teacher", None, "Teacher .keras file for hard "
+                    "distillation (DeiT / ResMLP recipe).")
+flags.DEFINE_enum("eval_crop", None, ["resmall_crop", "resize_crop"],
+                  "Evaluation crop.")
+flags.DEFINE_integer("seed", None, "Random seed.")
+flags.DEFINE_multi_string("override", [], "Any other config key: "
+                          "--override key=value (Python literal).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "tpu", "mirrored",
+                                       "multi_worker", "one_device"],
+                  "tf.distribute strategy (TensorFlow backend).")
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address.")
+flags.DEFINE_integer("cpu_devices", None, "Split the CPU into this many "
+                     "logical devices (to run MirroredStrategy on a CPU).")
+flags.DEFINE_string("split", None, "evaluate: split (default: the config's "
+                    "eval_split, validation).")
+flags.DEFINE_string("fewshot", None, "evaluate: few-shot linear evaluation "
+                    "with these shots per class, e.g. 1,5,10,25.")
+flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line "
+                     "per epoch (default: bar on a terminal).")
 
 
 def model_constructor(name):
@@ -132,7 +201,242 @@ def convert(argv):
     return 0
 
 
-COMMANDS = {"summary": summary, "weights": weights, "convert": convert}
+# Flags that map one-to-one onto config keys.
+CONFIG_FLAGS = (
+    "model", "weights", "dataset", "data_dir", "image_size", "epochs",
+    "batch_size", "steps_per_epoch", "learning_rate", "optimizer",
+    "weight_decay", "warmup_steps", "decay", "label_smoothing", "dropout_rate",
+    "drop_path_rate", "mixup", "cutmix", "ema", "grad_accum_steps",
+    "precision", "teacher", "eval_crop", "seed",
+)
+
+
+def config_from_flags(default="default"):
+    """The named config with every set flag and --override applied."""
+    import ast
+
+    from keras_mixer import recipes
+
+    overrides = {k: getattr(FLAGS, k) for k in CONFIG_FLAGS
+                 if getattr(FLAGS, k) is not None}
+    if FLAGS.randaugment is not None:
+        value = FLAGS.randaugment.strip().lower()
+        if value in ("none", "0", ""):
+            overrides["randaugment"] = None
+        else:
+            try:
+                num_ops, magnitude = (float(v) for v in value.split(","))
+            except ValueError:
+                raise app.UsageError(
+                    f"--randaugment {FLAGS.randaugment!r}: give "
+                    "'num_ops,magnitude', e.g. 2,15, or none."
+                ) from None
+            overrides["randaugment"] = (int(num_ops), magnitude)
+    for item in FLAGS.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise app.UsageError(
+                f"--override {item!r}: use key=value, e.g. crop_area=(0.3,1.0)."
+            )
+        try:
+            overrides[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value.strip()
+    name = FLAGS.config or ("finetune" if FLAGS.weights else default)
+    try:
+        return recipes.get_config(name, **overrides)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+
+
+def _setup_devices():
+    if FLAGS.cpu_devices:
+        from keras_mixer import distribute
+
+        distribute.cpu_devices(FLAGS.cpu_devices)
+
+
+def _verbose():
+    if FLAGS.verbose is not None:
+        return FLAGS.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _logging():
+    import logging
+
+    logging.getLogger("keras_mixer").setLevel(logging.INFO)
+
+
+def train(argv):
+    """Trains --config / flags into --output_dir (resumes if it holds a run)."""
+    from keras_mixer import train as train_lib
+
+    if not FLAGS.output_dir:
+        raise app.UsageError(
+            "train needs --output_dir (where backups, history.csv, models and "
+            "metrics.json go; rerun the same command to resume)."
+        )
+    config = config_from_flags()
+    _setup_devices()
+    _logging()
+    try:
+        metrics = train_lib.train(
+            config, FLAGS.output_dir, strategy=FLAGS.strategy, tpu=FLAGS.tpu,
+            verbose=_verbose(),
+        )
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _load_for_eval(config):
+    """A .keras file (safe_mode on) or --model with --weights."""
+    import keras
+
+    name = config["model"]
+    if name.endswith(".keras"):
+        if not os.path.exists(name):
+            raise app.UsageError(f"--model {name}: no such file.")
+        return keras.saving.load_model(name)
+    return None
+
+
+def evaluate(argv):
+    """Top-1/top-5 (or few-shot) of --model on --dataset's --split."""
+    from keras_mixer import data
+    from keras_mixer import evaluation
+
+    if not FLAGS.model:
+        raise app.UsageError(
+            "evaluate needs --model: a .keras file (e.g. a run's final.keras) "
+            "or a model name with --weights."
+        )
+    config = config_from_flags()
+    from keras_mixer import train as train_lib
+
+    try:
+        train_lib.check_inputs(config)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    shots = None
+    if FLAGS.fewshot:
+        try:
+            shots = [int(k) for k in FLAGS.fewshot.split(",")]
+        except ValueError:
+            raise app.UsageError(
+                f"--fewshot {FLAGS.fewshot!r}: give shots per class, e.g. "
+                "1,5,10,25."
+            ) from None
+    _logging()
+    model = _load_for_eval(config)
+    if model is None:
+        import keras_mixer
+
+        size = config["image_size"]
+        model = keras_mixer.MODELS[config["model"]](
+            weights=config["weights"], input_shape=(size, size, 3),
+            **({"classes": FLAGS.classes} if FLAGS.classes else {}),
+        )
+    size = model.input_shape[1]
+    split = FLAGS.split or config["eval_split"]
+    build = dict(image_size=size, batch_size=config["batch_size"],
+                 training=False, data_dir=config["data_dir"],
+                 eval_crop=config["eval_crop"])
+    test_ds, info = data.build_dataset(config["dataset"], split, **build)
+    if shots:
+        train_ds, _ = data.build_dataset(config["dataset"], "train", **build)
+        result = evaluation.fewshot(model, train_ds, test_ds, shots,
+                                    num_classes=info.num_classes)
+        report = {"dataset": info.name, "split": split,
+                  "fewshot_accuracy": {str(k): v for k, v in result.items()}}
+    else:
+        if model.output_shape[-1] != info.num_classes:
+            raise app.UsageError(
+                f"The model has {model.output_shape[-1]} classes but "
+                f"{info.name} has {info.num_classes}; evaluate a model "
+                "trained on this dataset, or use --fewshot."
+            )
+        result = evaluation.evaluate(model, test_ds)
+        report = {"dataset": info.name, "split": split, **result}
+    print(json.dumps(report, indent=2))
+    if FLAGS.output:
+        from keras_mixer.train import atomic_write_text
+
+        atomic_write_text(FLAGS.output, json.dumps(report, indent=2))
+    return 0
+
+
+def demo(argv):
+    """Trains a small Mixer on the bundled digits, then classifies held-out
+    digits with the saved model."""
+    from keras_mixer import recipes
+    from keras_mixer import train as train_lib
+
+    output_dir = FLAGS.output_dir or "mixer_demo"
+    overrides = {}
+    if FLAGS.epochs is not None:
+        overrides["epochs"] = FLAGS.epochs
+    try:
+        config = recipes.get_config("demo", **overrides)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    _logging()
+    print(f"keras-mixer demo: a {train_lib.DEMO_MODEL['num_blocks']}-block "
+          f"Mixer on the 1,797 bundled 8x8 digits, upsampled to 32x32; "
+          f"{config['epochs']} epochs into {output_dir}/ (rerun to resume).")
+    metrics = train_lib.train(config, output_dir, strategy="auto",
+                              verbose=_verbose())
+    show_held_out_digits(os.path.join(output_dir, "final.keras"))
+    target = 0.95
+    verdict = "reached" if metrics["val_accuracy"] >= target else "MISSED"
+    print(
+        f"validation accuracy {metrics['val_accuracy']:.4f} (top-5 "
+        f"{metrics['val_top5_accuracy']:.4f}) over 360 held-out digits: "
+        f"{verdict} the {target:.0%} target; {metrics['epochs_completed']} "
+        f"epochs, {metrics['wall_seconds']:.0f} s, "
+        f"{metrics['train_images_per_second']:.0f} training images/s."
+    )
+    print(f"records: {output_dir}/metrics.json, history.csv, final.keras, "
+          "best.keras, logs/")
+    return 0 if metrics["val_accuracy"] >= target else 1
+
+
+def show_held_out_digits(model_path, count=8):
+    """Reloads the saved model and classifies the first `count` validation
+    digits, printing each as ASCII art with its prediction."""
+    import keras
+    import numpy as np
+
+    from keras_mixer import data
+
+    model = keras.saving.load_model(model_path)
+    ds, _ = data.build_dataset("digits", "validation",
+                               image_size=model.input_shape[1],
+                               batch_size=count, training=False,
+                               eval_crop="resize_crop", cache=False)
+    images, labels = next(iter(ds))
+    probs = model.predict(images, verbose=0)
+    raw, _ = data.load_digits()
+    index = data.digits_split("validation")[:count]
+    shades = " .:-=+*#%@"
+    print(f"{count} held-out digits through the reloaded {model_path}:")
+    rows = [""] * 8
+    for i in range(count):
+        for r in range(8):
+            rows[r] += "".join(shades[min(9, v * 10 // 17)] * 2
+                               for v in raw[index[i], r]) + "  "
+    print("\n".join(rows))
+    true = np.argmax(labels, axis=-1)
+    pred = np.argmax(probs, axis=-1)
+    print("".join(f"{'label ' + str(t):<18}" for t in true))
+    print("".join(f"{'pred  ' + str(p) + (' ok' if p == t else ' X'):<18}"
+                  for p, t in zip(pred, true)))
+
+
+COMMANDS = {"summary": summary, "weights": weights, "convert": convert,
+            "train": train, "evaluate": evaluate, "demo": demo}
 
 
 def main(argv):

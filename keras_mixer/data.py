@@ -1,0 +1,562 @@
+"""Input pipelines (tf.data): tensorflow-datasets, image folders, bundled digits.
+
+TensorFlow-only, like `distribute.py` and `train.py`; the models never import
+it. Every pipeline yields `(images, labels)` batches: float32 RGB pixels in
+[0, 255] (the models normalise inside) and float32 one-hot labels (so MixUp and
+CutMix can mix them).
+
+Sources, by `name`:
+    "digits"             the 1,797 8x8 handwritten digits that scikit-learn
+                         ships (UCI, CC BY 4.0), bundled in the package and
+                         upsampled to the model's size: offline.
+    a tfds name          `tensorflow_datasets.load(name)`, see `TFDS_DATASETS`.
+    "folder:PATH" or an  an image folder: one sub-folder per class, either
+    existing directory   directly under PATH (a validation share is held out)
+                         or under PATH/train and PATH/val|validation.
+
+Training: inception crop (random resized crop), horizontal flip (not for
+digits), RandAugment, then MixUp / CutMix on batches, all from Keras core.
+Evaluation (the paper's Appendix C): "resmall_crop" (shorter side to
+size·256/224, central crop) or "resize_crop" (resize to a square of side
+size·256/224, central crop).
+"""
+
+import dataclasses
+import gzip
+import logging
+import os
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+logger = logging.getLogger("keras_mixer")
+
+ASSETS = pathlib.Path(__file__).parent / "assets"
+DIGITS_FILE = ASSETS / "digits.csv.gz"
+DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+# Digits held out for validation: a fixed 20% draw (seeded permutation).
+DIGITS_VALIDATION = 360
+
+# tfds names known to work, with their train and evaluation splits. Any other
+# tfds name is accepted if tfds knows it and it has "image" and "label".
+TFDS_DATASETS = {
+    "imagenet2012": {"train": "train[:99%]", "minival": "train[99%:]",
+                     "eval": "validation"},
+    "imagenet_v2": {"eval": "test"},
+    # ReaL labels: the "real_label" feature is a list of correct classes.
+    "imagenet2012_real": {"eval": "validation", "label_key": "real_label"},
+    "imagenet2012_subset": {"train": "train", "eval": "validation"},
+    "cifar10": {"train": "train[:98%]", "minival": "train[98%:]",
+                "eval": "test"},
+    "cifar100": {"train": "train[:98%]", "minival": "train[98%:]",
+                 "eval": "test"},
+    "oxford_iiit_pet": {"train": "train[:90%]", "minival": "train[90%:]",
+                        "eval": "test"},
+    "oxford_flowers102": {"train": "train", "minival": "validation",
+                          "eval": "test"},
+    "caltech101": {"train": "train", "eval": "test"},
+    "dtd": {"train": "train", "minival": "validation", "eval": "test"},
+    "food101": {"train": "train", "eval": "validation"},
+    "sun397": {"train": "train", "minival": "validation", "eval": "test"},
+    "mnist": {"train": "train", "eval": "test"},
+    "fashion_mnist": {"train": "train", "eval": "test"},
+}
+EVAL_CROPS = ("resmall_crop", "resize_crop")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# Datasets whose labels change under a horizontal flip.
+NO_FLIP = ("digits", "mnist", "fashion_mnist")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What a pipeline knows of its source."""
+
+    name: str
+    split: str
+    num_classes: int
+    num_examples: int | None
+    class_names: list | None = None
+    flip: bool = True
+    skipped_files: int = 0
+    multi_label: bool = False
+
+
+# ----------------------------------------------------------------------------
+# Bundled digits.
+
+
+def load_digits():
+    """The 1,797 handwritten digits: `(images, labels)`.
+
+    `images` is uint8 `(1797, 8, 8)` with values 0..16 (counts of set pixels in
+    4x4 blocks of a 32x32 bitmap), `labels` int32 `(1797,)` in 0..9. The file
+    is scikit-learn's `digits.csv.gz`, bundled with its checksum verified.
+
+    >>> images, labels = keras_mixer.data.load_digits()
+    >>> images.shape, int(images.max()), np.bincount(labels)[:3].tolist()
+    ((1797, 8, 8), 16, [178, 182, 177])
+    """
+    import hashlib
+
+    raw = DIGITS_FILE.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != DIGITS_SHA256:
+        raise OSError(
+            f"{DIGITS_FILE} is corrupt (sha256 {digest}, expected "
+            f"{DIGITS_SHA256}). Reinstall keras-mixer."
+        )
+    table = np.loadtxt(gzip.decompress(raw).decode().splitlines(),
+                       delimiter=",", dtype=np.int32)
+    return table[:, :64].reshape(-1, 8, 8).astype(np.uint8), table[:, 64]
+
+
+def digits_split(split):
+    """Indices of the digits in "train" (1,437) or "validation" (360)."""
+    order = np.random.default_rng(0).permutation(1797)
+    if split == "train":
+        return np.sort(order[DIGITS_VALIDATION:])
+    if split in ("validation", "test", "eval"):
+        return np.sort(order[:DIGITS_VALIDATION])
+    raise ValueError(
+        f"The digits have splits 'train' and 'validation', not {split!r}."
+    )
+
+
+def _digits_source(split):
+    images, labels = load_digits()
+    index = digits_split(split)
+    # 0..16 -> 0..255, grayscale -> RGB (the models take RGB).
+    images = np.round(images[index].astype(np.float32) * (255.0 / 16.0))
+    images = np.repeat(images[..., None], 3, axis=-1).astype(np.uint8)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels[index]))
+    info = DatasetInfo("digits", split, 10, len(index),
+                       [str(i) for i in range(10)], flip=False)
+    return ds, info
+
+
+# ----------------------------------------------------------------------------
+# Image folders.
+
+
+def _looks_like_image(path):
+    """A cheap check of an image file's head and tail (no decoding).
+
+    Catches empty, truncated and mislabelled files before training; files
+    that pass but still fail to decode are dropped by the pipeline's
+    `ignore_errors`, with a warning in the log.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size < 16:
+            return False
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - 1024))
+            tail = f.read()
+    except OSError:
+        return False
+    if head.startswith(b"\xff\xd8\xff"):  # JPEG ends with EOI (maybe padded).
+        return b"\xff\xd9" in tail
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"IEND" in tail
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return b"\x3b" in tail[-16:]
+    if head.startswith(b"BM"):
+        return int.from_bytes(head[2:6], "little") <= size
+    return False
+
+
+def _class_folders(root):
+    classes = sorted(
+        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+    )
+    if not classes:
+        raise ValueError(
+            f"Image folder {root} has no class sub-folders. Lay it out as "
+            f"{root}/<class name>/<image>.jpg (one sub-folder per class), "
+            f"optionally under {root}/train and {root}/val."
+        )
+    return classes
+
+
+def scan_image_folder(root):
+    """Files and labels of an image folder: `(paths, labels, classes, skipped)`.
+
+    Raises a ValueError for a missing folder, a folder without class
+    sub-folders, or one without any image file. Files that are not readable
+    JPEG/PNG/GIF/BMP images (by their head and tail bytes) are skipped and
+    counted, with a warning naming the first few.
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise ValueError(f"Image folder {root} does not exist.")
+    classes = _class_folders(root)
+    paths, labels, bad = [], [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                bad.append(path)
+            elif _looks_like_image(path):
+                paths.append(str(path))
+                labels.append(label)
+            else:
+                bad.append(path)
+    if not paths:
+        raise ValueError(
+            f"Image folder {root} has class sub-folders {classes[:5]} but no "
+            f"readable image ({', '.join(IMAGE_EXTENSIONS)}). Put the images "
+            f"of each class in {root}/<class name>/."
+        )
+    if bad:
+        shown = ", ".join(str(p) for p in bad[:3])
+        logger.warning(
+            "Skipped %d file(s) of %s that are not readable images "
+            "(corrupt, empty or not JPEG/PNG/GIF/BMP), e.g. %s.",
+            len(bad), root, shown,
+        )
+    return paths, np.asarray(labels, np.int32), classes, len(bad)
+
+
+def _folder_root_and_split(root, split):
+    """(folder holding class sub-folders, held-out part or None)."""
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise ValueError(
+            f"Image folder {root} does not exist. Give a directory with one "
+            "sub-folder per class."
+        )
+    if (root / "train").is_dir():
+        if split == "train":
+            return root / "train", None
+        for name in ("val", "validation", "test"):
+            if (root / name).is_dir():
+                return root / name, None
+        raise ValueError(
+            f"Image folder {root} has train/ but no val/, validation/ or "
+            "test/ folder to evaluate on."
+        )
+    # One folder: hold out 10% of each class for validation.
+    return root, ("train" if split == "train" else "validation")
+
+
+def _folder_source(root, split, validation_fraction=0.1):
+    folder, part = _folder_root_and_split(root, split)
+    paths, labels, classes, skipped = scan_image_folder(folder)
+    if part is not None:
+        order = np.random.default_rng(0).permutation(len(paths))
+        held = np.zeros(len(paths), bool)
+        for c in range(len(classes)):
+            members = order[labels[order] == c]
+            held[members[: int(round(len(members) * validation_fraction))]] = True
+        keep = ~held if part == "train" else held
+        paths = [p for p, k in zip(paths, keep) if k]
+        labels = labels[keep]
+        if not paths:
+            raise ValueError(
+                f"Image folder {root} is too small to hold out a validation "
+                "share: add images, or give train/ and val/ folders."
+            )
+
+    def decode(path, label):
+        image = tf.io.decode_image(
+            tf.io.read_file(path), channels=3, expand_animations=False
+        )
+        image.set_shape([None, None, 3])
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    # Files that passed the byte check but fail to decode: dropped, logged.
+    ds = ds.ignore_errors(log_warning=True)
+    info = DatasetInfo(f"folder:{root}", split, len(classes), len(paths),
+                       classes, flip=True, skipped_files=skipped)
+    return ds, info
+
+
+# ----------------------------------------------------------------------------
+# tensorflow-datasets.
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise ImportError(
+            "tensorflow-datasets is needed for this dataset: "
+            "pip install tensorflow-datasets"
+        ) from error
+    return tfds
+
+
+def _tfds_split(name, split):
+    splits = TFDS_DATASETS.get(name, {"train": "train", "eval": "test"})
+    if split in splits:
+        return splits[split]
+    if split in ("validation", "eval"):
+        return splits["eval"]
+    return split  # A tfds split expression, e.g. "train[:10%]".
+
+
+def _tfds_source(name, split, data_dir=None, download=True):
+    tfds = _import_tfds()
+    spec = TFDS_DATASETS.get(name, {})
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # tfds raises its own DatasetNotFoundError.
+        raise ValueError(
+            f"Unknown dataset {name!r}: not 'digits', not an image folder "
+            "and not a tensorflow-datasets name. Known here: digits, "
+            f"folder:PATH, {', '.join(TFDS_DATASETS)} (or any tfds image "
+            "classification dataset)."
+        ) from error
+    features = builder.info.features
+    label_key = spec.get("label_key", "label")
+    if "image" not in features or label_key not in features:
+        raise ValueError(
+            f"tfds dataset {name!r} has no 'image' and '{label_key}' "
+            "features; use an image classification dataset."
+        )
+    tfds_split = _tfds_split(name, split)
+    if download:
+        builder.download_and_prepare()
+    ds = builder.as_dataset(split=tfds_split, shuffle_files=split == "train")
+    label_feature = features[label_key]
+    num_classes = getattr(label_feature, "num_classes", None)
+    if num_classes is None:  # ReaL: a sequence of ClassLabel.
+        num_classes = label_feature.feature.num_classes
+        names = label_feature.feature.names
+    else:
+        names = label_feature.names
+    multi = label_key != "label"
+
+    def select(example):
+        image = example["image"]
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        label = example[label_key]
+        return image, tf.cast(label, tf.int32)
+
+    ds = ds.map(select, num_parallel_calls=AUTOTUNE)
+    try:
+        num_examples = builder.info.splits[tfds_split].num_examples
+    except (KeyError, ValueError):
+        num_examples = None
+    info = DatasetInfo(name, split, num_classes, num_examples, list(names),
+                       flip=name not in NO_FLIP, multi_label=multi)
+    return ds, info
+
+
+def source(name, split, data_dir=None):
+    """`(dataset of (uint8 image, int label), DatasetInfo)` for a source name.
+
+    Raises a ValueError naming what is known for an unknown name, before any
+    download starts.
+    """
+    if name == "digits":
+        return _digits_source(split)
+    if name.startswith("folder:"):
+        return _folder_source(name[len("folder:"):], split)
+    if os.sep in name or os.path.isdir(name):
+        return _folder_source(name, split)
+    return _tfds_source(name, split, data_dir=data_dir)
+
+
+def check_dataset_name(name):
+    """Refuses an unknown dataset name, without loading anything."""
+    if name == "digits" or name.startswith("folder:") or os.path.isdir(name):
+        return
+    if os.sep in name:
+        raise ValueError(f"Image folder {name} does not exist.")
+    if name in TFDS_DATASETS:
+        return
+    tfds = _import_tfds()
+    if name.split(":")[0].split("/")[0] not in tfds.list_builders():
+        raise ValueError(
+            f"Unknown dataset {name!r}. Use 'digits' (bundled, offline), "
+            "'folder:PATH' (one sub-folder per class), or a "
+            f"tensorflow-datasets name such as {', '.join(TFDS_DATASETS)}."
+        )
+
+
+# ----------------------------------------------------------------------------
+# Image ops (single images, uint8 or float in [0, 255]).
+
+
+def inception_crop(image, size, seed, area_range=(0.05, 1.0),
+                   aspect_ratio_range=(3 / 4, 4 / 3)):
+    """A random crop of `area_range` of the image and an aspect ratio in
+    `aspect_ratio_range`, resized to `size` x `size` (bilinear)."""
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=area_range[0],
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, crop_size)
+    return tf.image.resize(image, (size, size), method="bilinear")
+
+
+def resmall_crop(image, size, ratio=256 / 224):
+    """Resize the shorter side to `round(size * ratio)`, then central crop."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    small = tf.round(size * ratio)
+    scale = small / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    new = tf.maximum(new, size)
+    image = tf.image.resize(image, new, method="bilinear")
+    top = (new[0] - size) // 2
+    left = (new[1] - size) // 2
+    return image[top: top + size, left: left + size]
+
+
+def resize_crop(image, size, ratio=256 / 224):
+    """Resize to a square of side `round(size * ratio)`, then central crop
+    (the paper's "resize-crop", Appendix C: 256x256, then 224x224)."""
+    big = int(round(size * ratio))
+    image = tf.image.resize(image, (big, big), method="bilinear")
+    top = (big - size) // 2
+    return image[top: top + size, top: top + size]
+
+
+def randaugment_factor(magnitude):
+    """Keras's RandAugment `factor` for a paper magnitude m (Table 4: 10-20).
+
+    Keras's factor spans [0, 1]; m is mapped linearly with m=20 (the largest
+    the paper uses) at 1.0, so m=10 gives Keras's default 0.5.
+    """
+    if not 0 <= magnitude <= 20:
+        raise ValueError(
+            f"RandAugment magnitude {magnitude} is outside 0..20 (the paper "
+            "uses 10, 15 and 20; 20 maps to Keras's strongest factor 1.0)."
+        )
+    return magnitude / 20.0
+
+
+# ----------------------------------------------------------------------------
+# Pipelines.
+
+
+def build_dataset(name, split, *, image_size, batch_size, training,
+                  data_dir=None, randaugment=None, mixup=0.0, cutmix=0.0,
+                  crop_area=(0.05, 1.0), eval_crop="resmall_crop", seed=0,
+                  cache=None, repeat=False, drop_remainder=None,
+                  shuffle_buffer=10_000):
+    """A batched `tf.data.Dataset` of `(images, one-hot labels)` and its info.
+
+    Args:
+        name: "digits", a tfds name, or "folder:PATH" (see module docstring).
+        split: "train", "validation" (evaluation split), "minival" (held out
+            of train where the dataset defines it) or a tfds split string.
+        image_size: output side in pixels.
+        batch_size: global batch size.
+        training: random crop, flip, RandAugment, MixUp/CutMix and shuffling.
+        randaugment: `(num_ops, magnitude)` or None.
+        mixup, cutmix: alpha of MixUp / CutMix (0 disables; with both on,
+            each batch takes one of them at random).
+        crop_area: area range of the inception crop (digits and other small
+            centred images want a larger minimum).
+        eval_crop: "resmall_crop" or "resize_crop".
+        seed: seeds shuffling and augmentation.
+        cache: cache decoded images in memory; default: datasets under 50k
+            images.
+        repeat: repeat forever (steps per epoch set by the caller).
+        drop_remainder: default: `training`.
+
+    Returns:
+        `(dataset, DatasetInfo)`.
+    """
+    if eval_crop not in EVAL_CROPS:
+        raise ValueError(
+            f"Unknown eval_crop {eval_crop!r}; use one of {EVAL_CROPS}."
+        )
+    ds, info = source(name, split, data_dir=data_dir)
+    if cache is None:
+        cache = info.num_examples is not None and info.num_examples < 50_000
+    if info.multi_label:
+        ds = ds.map(lambda image, label: (image, tf.reduce_max(
+            tf.one_hot(label, info.num_classes), axis=0)))
+    else:
+        ds = ds.map(lambda image, label: (
+            image, tf.one_hot(label, info.num_classes)))
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(shuffle_buffer, info.num_examples or shuffle_buffer),
+                        seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    flip = training and info.flip
+    if training:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+        def augment(example, pair):
+            image, label = example
+            pair = tf.cast(pair, tf.int32)  # Stateless ops take int32 seeds.
+            image = tf.cast(image, tf.float32)
+            image = inception_crop(image, image_size, pair, area_range=crop_area)
+            if flip:
+                image = tf.image.stateless_random_flip_left_right(
+                    image, pair[::-1]
+                )
+            return image, label
+
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+        if randaugment:
+            num_ops, magnitude = randaugment
+            layer = keras.layers.RandAugment(
+                value_range=(0, 255), num_ops=int(num_ops),
+                factor=randaugment_factor(magnitude), seed=seed,
+            )
+            ds = ds.map(lambda image, label: (
+                tf.clip_by_value(layer(image), 0.0, 255.0), label),
+                num_parallel_calls=AUTOTUNE)
+    else:
+        crop = resmall_crop if eval_crop == "resmall_crop" else resize_crop
+        ds = ds.map(lambda image, label: (
+            crop(tf.cast(image, tf.float32), image_size), label),
+            num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda image, label: (tf.ensure_shape(
+        image, (image_size, image_size, 3)), label))
+    if drop_remainder is None:
+        drop_remainder = training
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder,
+                  num_parallel_calls=AUTOTUNE)
+    if training and (mixup or cutmix):
+        ds = ds.map(mixer_fn(mixup, cutmix, seed), num_parallel_calls=AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = not training
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options).prefetch(AUTOTUNE), info
+
+
+def mixer_fn(mixup, cutmix, seed):
+    """A batch map applying Keras's MixUp and/or CutMix to images and labels."""
+    mixers = []
+    if mixup:
+        mixers.append(keras.layers.MixUp(alpha=float(mixup), seed=seed))
+    if cutmix:
+        mixers.append(keras.layers.CutMix(factor=float(cutmix), seed=seed + 1))
+
+    def apply(images, labels):
+        def run(layer):
+            out = layer({"images": images, "labels": labels})
+            return out["images"], tf.cast(out["labels"], labels.dtype)
+
+        if len(mixers) == 1:
+            return run(mixers[0])
+        pick = tf.random.uniform((), seed=seed) < 0.5
+        return tf.cond(pick, lambda: run(mixers[0]), lambda: run(mixers[1]))
+
+    return apply
