@@ -285,7 +285,7 @@ def train(argv):
             config, FLAGS.output_dir, strategy=FLAGS.strategy, tpu=FLAGS.tpu,
             verbose=_verbose(),
         )
-    except ValueError as error:
+    except train_lib.InputError as error:
         raise app.UsageError(str(error)) from None
     print(json.dumps(metrics, indent=2))
     return 0
@@ -386,8 +386,11 @@ def demo(argv):
     print(f"keras-mixer demo: a {train_lib.DEMO_MODEL['num_blocks']}-block "
           f"Mixer on the 1,797 bundled 8x8 digits, upsampled to 32x32; "
           f"{config['epochs']} epochs into {output_dir}/ (rerun to resume).")
-    metrics = train_lib.train(config, output_dir, strategy="auto",
-                              verbose=_verbose())
+    try:
+        metrics = train_lib.train(config, output_dir, strategy="auto",
+                                  verbose=_verbose())
+    except train_lib.InputError as error:
+        raise app.UsageError(str(error)) from None
     show_held_out_digits(os.path.join(output_dir, "final.keras"))
     target = 0.95
     verdict = "reached" if metrics["val_accuracy"] >= target else "MISSED"

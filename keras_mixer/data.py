@@ -508,7 +508,7 @@ def build_dataset(name, split, *, image_size, batch_size, training,
                 image = tf.image.stateless_random_flip_left_right(
                     image, pair[::-1]
                 )
-            return image, label
+            return tf.ensure_shape(image, (image_size, image_size, 3)), label
 
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
         if randaugment:
@@ -534,7 +534,8 @@ def build_dataset(name, split, *, image_size, batch_size, training,
     if training and (mixup or cutmix):
         ds = ds.map(mixer_fn(mixup, cutmix, seed), num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = not training
+    # Same seed, same batches (element order kept through parallel maps).
+    options.deterministic = True
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA
     )

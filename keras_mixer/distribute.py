@@ -174,3 +174,62 @@ def check_batch(global_batch, num_replicas):
             "batch is per-replica batch x replicas)."
         )
     return global_batch // num_replicas
+
+
+def patch_keras_for_multi_worker(model, strategy):
+    """Works around two Keras 3 bugs that stop `fit` under
+    MultiWorkerMirroredStrategy (keras-team/keras#20585, open as of 3.15);
+    does nothing under any other strategy.
+
+    1. Before the first step, `fit` builds the model from one batch, got by
+       `strategy.reduce("MEAN", batch)` on the whole (images, labels)
+       structure, which the collective strategy cannot reduce ("Attempt to
+       convert a value (PerReplica ...)"). The build only needs shapes: this
+       hands it the first local replica's batch.
+    2. Each step's logs (scalar losses and metrics) are reduced with
+       `strategy.reduce("MEAN", v, axis=0)`, invalid for scalars ("Invalid
+       reduction dimension 0 for input with 0 dimensions"). Scalars are
+       reduced with `axis=None` (the mean over replicas) instead; other
+       values keep Keras's own reduction.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    original_build = model._maybe_symbolic_build
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None and data_batch is None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        return original_build(iterator=None, data_batch=data_batch)
+
+    model._maybe_symbolic_build = build
+
+    original_reduce = tf_trainer.reduce_per_replica
+    if getattr(original_reduce, "_keras_mixer_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            def mean(value):
+                if getattr(value, "shape", None) is not None and (
+                    value.shape.rank == 0
+                ):
+                    return strategy.reduce("MEAN", value, axis=None)
+                return original_reduce(value, strategy, reduction)
+
+            return tf.nest.map_structure(mean, values)
+        return original_reduce(values, strategy, reduction)
+
+    reduce_per_replica._keras_mixer_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica

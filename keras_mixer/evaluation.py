@@ -40,7 +40,7 @@ def evaluate(model, dataset, steps=None):
     for i, (images, labels) in enumerate(dataset):
         if steps is not None and i >= steps:
             break
-        probs = keras.ops.convert_to_numpy(model(images, training=False))
+        probs = keras.ops.convert_to_numpy(model.predict_on_batch(images))
         labels = np.asarray(labels)
         top1.append(topk_correct(probs, labels, 1))
         top5.append(topk_correct(probs, labels, min(5, labels.shape[-1])))
@@ -72,7 +72,7 @@ def features(model, dataset):
     extractor = prelogits_model(model)
     xs, ys = [], []
     for images, labels in dataset:
-        xs.append(keras.ops.convert_to_numpy(extractor(images, training=False)))
+        xs.append(keras.ops.convert_to_numpy(extractor.predict_on_batch(images)))
         ys.append(np.argmax(np.asarray(labels), axis=-1))
     return np.concatenate(xs).astype(np.float64), np.concatenate(ys)
 

@@ -314,13 +314,18 @@ def _steps(info, config, global_batch):
     return steps
 
 
-def train(config, output_dir, strategy="auto", tpu=None, devices=None,
-          verbose="auto", extra_callbacks=()):
-    """Trains the config's model; returns the metrics also written to
-    `output_dir/metrics.json`. See the module docstring for the files."""
+class InputError(ValueError):
+    """A config, dataset or flag that cannot train, found before training."""
+
+
+def _prepare(config, output_dir, strategy, tpu, devices):
+    """Everything up to `fit`: checks, strategy, datasets, model, optimizer.
+
+    Returns a dict of the pieces, or `{"done": metrics}` when `output_dir`
+    holds this run finished.
+    """
     from keras_mixer import data
 
-    start = time.time()
     check_inputs(config)
     backend = keras.backend.backend()
     distribution = tf_strategy = None
@@ -337,7 +342,6 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
     if not chief:
         _, task_id = distribute.task_info()
         output_dir = os.path.join(output_dir, "workers", str(task_id))
-    os.makedirs(output_dir, exist_ok=True)
     _check_resume(output_dir, config)
     metrics_path = os.path.join(output_dir, "metrics.json")
     if os.path.exists(metrics_path) and os.path.exists(
@@ -349,9 +353,7 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
             logger.warning("%s already holds the finished run; nothing to "
                            "do (use a new --output_dir to train again).",
                            output_dir)
-            return done
-    atomic_write_text(os.path.join(output_dir, "config.json"),
-                      json.dumps(config, indent=2, sort_keys=True))
+            return {"done": done}
 
     policy = set_precision(config["precision"])
     train_ds, info = data.build_dataset(
@@ -378,6 +380,13 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
         trainee = model
         if config["teacher"]:
             teacher = keras.saving.load_model(config["teacher"])
+            if teacher.output_shape[-1] != info.num_classes:
+                raise ValueError(
+                    f"Teacher {config['teacher']} has "
+                    f"{teacher.output_shape[-1]} classes, the dataset "
+                    f"{info.num_classes}: distil from a teacher trained on "
+                    "the same classes."
+                )
             trainee = recipes.HardDistillation(
                 model, teacher, weight=config["distillation_weight"]
             )
@@ -387,6 +396,41 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
             metrics=recipes.make_metrics(),
             jit_compile=config["jit_compile"],
         )
+    if tf_strategy is not None:
+        distribute.patch_keras_for_multi_worker(trainee, tf_strategy)
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write_text(os.path.join(output_dir, "config.json"),
+                      json.dumps(config, indent=2, sort_keys=True))
+    return dict(
+        backend=backend, chief=chief, output_dir=output_dir,
+        metrics_path=metrics_path, num_replicas=num_replicas,
+        global_batch=global_batch, policy=policy, train_ds=train_ds,
+        val_ds=val_ds, info=info, val_info=val_info,
+        steps_per_epoch=steps_per_epoch, model=model, trainee=trainee,
+    )
+
+
+def train(config, output_dir, strategy="auto", tpu=None, devices=None,
+          verbose="auto", extra_callbacks=()):
+    """Trains the config's model; returns the metrics also written to
+    `output_dir/metrics.json`. See the module docstring for the files.
+
+    Raises InputError (a ValueError) for anything found wrong before
+    training starts: unknown dataset, config or model, a bad image folder,
+    an image size that is not a multiple of the patch, a batch that the
+    replicas cannot split, a different config in `output_dir`.
+    """
+    start = time.time()
+    try:
+        run = _prepare(config, output_dir, strategy, tpu, devices)
+    except InputError:
+        raise
+    except ValueError as error:
+        raise InputError(str(error)) from error
+    if "done" in run:
+        return run["done"]
+    output_dir, model, trainee = run["output_dir"], run["model"], run["trainee"]
+    global_batch, info = run["global_batch"], run["info"]
 
     throughput = Throughput(global_batch)
     callbacks = [
@@ -400,9 +444,9 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
     if config["ema"]:
         # Validate and save with the averaged weights.
         callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    if chief:
+    if run["chief"]:
         callbacks.append(BestModel(os.path.join(output_dir, "best.keras"), model))
-    if backend == "tensorflow":
+    if run["backend"] == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(
             os.path.join(output_dir, "logs"), write_graph=False))
     callbacks += list(extra_callbacks)
@@ -410,17 +454,18 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
     logger.info(
         "Training %s on %s: %d replicas, global batch %d, %d steps/epoch, "
         "peak lr %.3g, policy %s.", config["model"], config["dataset"],
-        num_replicas, global_batch, steps_per_epoch,
-        recipes.scaled_learning_rate(config, global_batch), policy,
+        run["num_replicas"], global_batch, run["steps_per_epoch"],
+        recipes.scaled_learning_rate(config, global_batch), run["policy"],
     )
     history = trainee.fit(
-        train_ds, validation_data=val_ds, epochs=config["epochs"],
-        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+        run["train_ds"], validation_data=run["val_ds"],
+        epochs=config["epochs"], steps_per_epoch=run["steps_per_epoch"],
+        callbacks=callbacks, verbose=verbose,
         shuffle=False,  # The pipeline shuffles.
     )
     nan = bool(history.history.get("loss")) and not np.all(
         np.isfinite(history.history["loss"]))
-    results = trainee.evaluate(val_ds, return_dict=True, verbose=0)
+    results = trainee.evaluate(run["val_ds"], return_dict=True, verbose=0)
     with open(os.path.join(output_dir, "history.csv"), newline="") as f:
         epochs_completed = len(list(csv.DictReader(f)))
     metrics = {
@@ -431,18 +476,18 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
         "epochs": config["epochs"],
         "train_images_per_second": throughput.images_per_second(),
         "wall_seconds": round(time.time() - start, 3),
-        "num_replicas": num_replicas,
+        "num_replicas": run["num_replicas"],
         "global_batch": global_batch,
-        "dtype_policy": policy,
+        "dtype_policy": run["policy"],
         "dataset": info.name,
         "classes": info.num_classes,
-        "skipped_files": info.skipped_files + val_info.skipped_files,
+        "skipped_files": info.skipped_files + run["val_info"].skipped_files,
         "terminated_on_nan": nan,
-        "backend": backend,
+        "backend": run["backend"],
     }
-    if chief:
+    if run["chief"]:
         atomic_save_model(model, os.path.join(output_dir, "final.keras"))
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+    atomic_write_text(run["metrics_path"], json.dumps(metrics, indent=2))
     return metrics
 
 
