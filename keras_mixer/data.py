@@ -83,6 +83,7 @@ class DatasetInfo:
     flip: bool = True
     skipped_files: int = 0
     multi_label: bool = False
+    folder: str | None = None  # the scanned image folder
 
 
 # ----------------------------------------------------------------------------
@@ -275,7 +276,8 @@ def _folder_source(root, split, validation_fraction=0.1):
     # Files that passed the byte check but fail to decode: dropped, logged.
     ds = ds.ignore_errors(log_warning=True)
     info = DatasetInfo(f"folder:{root}", split, len(classes), len(paths),
-                       classes, flip=True, skipped_files=skipped)
+                       classes, flip=True, skipped_files=skipped,
+                       folder=str(folder))
     return ds, info
 
 

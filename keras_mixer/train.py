@@ -298,6 +298,11 @@ def build_model(config, classes):
 
 
 def _steps(info, config, global_batch):
+    if info.num_examples and global_batch > info.num_examples:
+        raise ValueError(
+            f"--batch_size {global_batch} exceeds the {info.num_examples} "
+            f"training examples of {info.name}; use a smaller batch."
+        )
     if config["steps_per_epoch"]:
         return int(config["steps_per_epoch"])
     if not info.num_examples:
@@ -305,13 +310,7 @@ def _steps(info, config, global_batch):
             f"The number of training examples of {info.name} is unknown; "
             "give --steps_per_epoch."
         )
-    steps = info.num_examples // global_batch
-    if steps < 1:
-        raise ValueError(
-            f"--batch_size {global_batch} exceeds the {info.num_examples} "
-            f"training examples of {info.name}; use a smaller batch."
-        )
-    return steps
+    return info.num_examples // global_batch
 
 
 class InputError(ValueError):
@@ -399,6 +398,9 @@ def _prepare(config, output_dir, strategy, tpu, devices):
     if tf_strategy is not None:
         distribute.patch_keras_for_multi_worker(trainee, tf_strategy)
     os.makedirs(output_dir, exist_ok=True)
+    for name in os.listdir(output_dir):  # Left by a kill mid-write.
+        if name.startswith(".tmp-"):
+            os.remove(os.path.join(output_dir, name))
     atomic_write_text(os.path.join(output_dir, "config.json"),
                       json.dumps(config, indent=2, sort_keys=True))
     return dict(
@@ -481,7 +483,10 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
         "dtype_policy": run["policy"],
         "dataset": info.name,
         "classes": info.num_classes,
-        "skipped_files": info.skipped_files + run["val_info"].skipped_files,
+        # Files skipped by the folder scans (a folder scanned for both
+        # splits counts once).
+        "skipped_files": sum({i.folder: i.skipped_files for i in (
+            info, run["val_info"])}.values()),
         "terminated_on_nan": nan,
         "backend": run["backend"],
     }

@@ -1,0 +1,313 @@
+"""Training end to end, run as a user runs it (`keras-mixer ...` in a
+subprocess): the demo, strategies (Mirrored over 2 logical CPUs,
+MultiWorkerMirrored with 2 processes on 127.0.0.1, JAX DataParallel),
+resume after SIGKILL, fine-tuning, distillation, evaluation and bad input."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mixer
+from keras_mixer import recipes
+from keras_mixer import train
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+ENV.pop("TF_CONFIG", None)
+# A short demo-sized run: 3 steps per epoch.
+QUICK = ["--config=demo", "--steps_per_epoch=3", "--verbose=2"]
+
+
+def _cli(*args, env=None, timeout=400):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_mixer", *args], capture_output=True,
+        text=True, env=env or ENV, timeout=timeout,
+    )
+
+
+def _history(output_dir):
+    with open(os.path.join(output_dir, "history.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`keras-mixer demo` once, in full, as the README runs it."""
+    output_dir = tmp_path_factory.mktemp("demo") / "run"
+    start = time.time()
+    result = _cli("demo", f"--output_dir={output_dir}", "--verbose=2", timeout=600)
+    return result, output_dir, time.time() - start
+
+
+def test_demo_reaches_95_percent_within_3_minutes(demo_run):
+    result, output_dir, seconds = demo_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(output_dir)
+    assert metrics["val_accuracy"] >= 0.95
+    assert metrics["epochs_completed"] == 15
+    # The training itself (metrics' wall clock) and the whole command.
+    assert metrics["wall_seconds"] <= 180 and seconds <= 240
+    assert "reached the 95% target" in result.stdout
+    # It classified held-out digits through the reloaded file.
+    assert result.stdout.count(" ok") + result.stdout.count(" X") == 8
+    assert "pred" in result.stdout
+    for name in ("final.keras", "best.keras", "history.csv", "config.json"):
+        assert (output_dir / name).exists()
+    assert any((output_dir / "logs" / "train").iterdir())  # TensorBoard
+    rows = _history(output_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(15))
+    assert {"loss", "accuracy", "val_accuracy", "val_top5_accuracy",
+            "learning_rate"} <= set(rows[0])
+
+
+def test_evaluate_cli_agrees_with_the_run(demo_run, tmp_path):
+    _, output_dir, _ = demo_run
+    report = tmp_path / "eval.json"
+    result = _cli("evaluate", f"--model={output_dir / 'final.keras'}",
+                  "--dataset=digits", "--eval_crop=resize_crop",
+                  f"--output={report}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads(report.read_text())
+    assert evaluated["examples"] == 360
+    assert evaluated["top1"] == pytest.approx(_metrics(output_dir)["val_accuracy"], abs=1e-6)
+    result = _cli("evaluate", f"--model={output_dir / 'final.keras'}",
+                  "--dataset=digits", "--fewshot=1,10", f"--output={report}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    shots = json.loads(report.read_text())["fewshot_accuracy"]
+    assert set(shots) == {"1", "10"} and shots["10"] > 0.8
+
+
+def test_rerunning_a_finished_run_does_nothing(demo_run):
+    result, output_dir, _ = demo_run
+    before = (output_dir / "final.keras").stat().st_mtime
+    again = _cli("demo", f"--output_dir={output_dir}", "--verbose=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds the finished run" in again.stderr
+    assert (output_dir / "final.keras").stat().st_mtime == before
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    result = _cli("train", *QUICK, "--epochs=1", "--strategy=mirrored",
+                  "--cpu_devices=2", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    assert metrics["num_replicas"] == 2 and metrics["global_batch"] == 64
+    assert "MirroredStrategy" in result.stderr
+    # The global batch must split across the replicas.
+    bad = _cli("train", *QUICK, "--strategy=mirrored", "--cpu_devices=2",
+               "--batch_size=63", f"--output_dir={tmp_path / 'bad'}")
+    assert bad.returncode != 0
+    assert "--batch_size 63 is not divisible by the 2 replicas" in bad.stderr
+    assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_mirrored_with_two_processes(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = {**ENV, "TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "keras_mixer", "train", *QUICK, "--epochs=2",
+             "--strategy=multi_worker", f"--output_dir={tmp_path}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        ))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300))
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    metrics = _metrics(tmp_path)
+    assert metrics["num_replicas"] == 2 and metrics["epochs_completed"] == 2
+    assert (tmp_path / "final.keras").exists()  # the chief's
+    assert not (tmp_path / "workers" / "1" / "final.keras").exists()
+    # Both workers took the same synchronous steps: the same losses.
+    chief = [float(r["loss"]) for r in _history(tmp_path)]
+    other = [float(r["loss"]) for r in _history(tmp_path / "workers" / "1")]
+    np.testing.assert_allclose(chief, other, rtol=1e-5)
+
+
+def test_jax_backend_trains_with_data_parallel(tmp_path):
+    env = {**ENV, "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = _cli("train", *QUICK, "--epochs=2", f"--output_dir={tmp_path}", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(tmp_path)
+    assert metrics["backend"] == "jax" and metrics["num_replicas"] == 2
+    assert metrics["epochs_completed"] == 2
+    model = keras.saving.load_model(tmp_path / "final.keras")
+    assert model.output_shape == (None, 10)
+
+
+def test_resume_after_sigkill_records_each_epoch_once(tmp_path):
+    args = [sys.executable, "-m", "keras_mixer", "train", "--config=demo",
+            "--epochs=5", "--steps_per_epoch=8", "--verbose=2",
+            f"--output_dir={tmp_path}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+    history = tmp_path / "history.csv"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if history.exists() and len(_history(tmp_path)) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no epoch completed in time")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = len(_history(tmp_path))
+    assert 2 <= killed_at < 5
+    assert not (tmp_path / "metrics.json").exists()
+    result = subprocess.run(args, capture_output=True, text=True, env=ENV,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [int(r["epoch"]) for r in _history(tmp_path)]
+    assert epochs == [0, 1, 2, 3, 4]
+    # It resumed (did not start over): fewer epochs ran the second time.
+    assert result.stdout.count("Epoch ") + result.stderr.count("Epoch ") < 5 * 2
+    assert "Epoch 1/5" not in result.stdout + result.stderr
+    assert _metrics(tmp_path)["epochs_completed"] == 5
+    # Temporary files of a write the kill interrupted are cleared; the
+    # models under their final names load.
+    assert not list(tmp_path.glob(".tmp-*"))
+    for name in ("best.keras", "final.keras"):
+        assert keras.saving.load_model(tmp_path / name).output_shape == (None, 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset=imagenet_9k"], "Unknown dataset 'imagenet_9k'"),
+    (["--config=mixer_z"], "Unknown config 'mixer_z'"),
+    (["--image_size=30"], "--image_size 30 is not a multiple of demo's patch size 4: use 28 or 32"),
+    (["--dataset=folder:/no/such/dir"], "does not exist"),
+    (["--model=MixerQ1"], "Unknown model 'MixerQ1'"),
+    (["--config=mixer_b16_imagenet21k"], "needs --dataset"),
+    (["--batch_size=4096"], "exceeds the 1437 training examples"),
+    (["--randaugment=2"], "give 'num_ops,magnitude'"),
+    (["--override=crop_size=3"], "Unknown config key(s) ['crop_size']"),
+])
+def test_bad_input_is_refused_before_training(tmp_path, args, message):
+    result = _cli("train", *QUICK, *args, f"--output_dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Epoch 1" not in result.stdout
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_empty_image_folder_and_changed_config_are_refused(tmp_path):
+    (tmp_path / "images" / "cats").mkdir(parents=True)
+    result = _cli("train", *QUICK, f"--dataset=folder:{tmp_path / 'images'}",
+                  f"--output_dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and "no readable image" in result.stderr
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(
+        recipes.get_config("demo", epochs=1)))
+    result = _cli("train", *QUICK, "--epochs=2", f"--output_dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "holds a run with another config (differs in epochs" in result.stderr
+
+
+def test_image_folder_training_counts_skipped_files(tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "img" / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            image = np.clip(rng.normal(60 + 60 * c, 20, (20, 24, 3)), 0, 255)
+            (tmp_path / "img" / f"class{c}" / f"{i}.png").write_bytes(
+                tf.io.encode_png(image.astype(np.uint8)).numpy())
+    (tmp_path / "img" / "class1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = _cli("train", "--config=demo", "--verbose=2", "--epochs=1",
+                  "--batch_size=8", f"--dataset=folder:{tmp_path / 'img'}",
+                  f"--output_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipped 1 file(s)" in result.stderr
+    metrics = _metrics(tmp_path / "run")
+    assert metrics["skipped_files"] == 1 and metrics["classes"] == 3
+
+
+def test_finetune_from_a_checkpoint_at_higher_resolution(tmp_path, caplog):
+    """--weights: Appendix C recipe by default, token mixing grown
+    block-diagonally to the larger image, a fresh zero head for 10 classes."""
+    from test_weights import to_official_npz
+
+    keras.utils.set_random_seed(0)
+    source = keras_mixer.MixerS32(input_shape=(32, 32, 3), classes=7)
+    for v in source.weights:
+        v.assign(np.random.default_rng(len(v.path)).normal(0, 0.05, v.shape))
+    checkpoint = tmp_path / "s32.npz"
+    to_official_npz(source, checkpoint)
+
+    config = recipes.get_config("finetune", model="MixerS32", weights=str(checkpoint),
+                                dataset="digits", image_size=64, batch_size=16,
+                                epochs=1, steps_per_epoch=2)
+    model = train.build_model(config, classes=10)
+    assert model.output_shape == (None, 10)
+    np.testing.assert_array_equal(model.get_layer("head").kernel, 0.0)
+    np.testing.assert_array_equal(model.get_layer("head").bias, 0.0)
+    # 1 token at 32 px, 4 at 64: tokens_mlp_dim 256 -> 1024, block-diagonal.
+    kernel = np.asarray(model.get_layer("block_0").token_mixing.fc1.kernel)
+    small = np.asarray(source.get_layer("block_0").token_mixing.fc1.kernel)
+    assert kernel.shape == (4, 1024)
+    for t in range(4):
+        np.testing.assert_allclose(kernel[t, 256 * t: 256 * (t + 1)], small[0])
+        assert not kernel[t, :256 * t].any()
+    np.testing.assert_allclose(model.get_layer("stem").proj.kernel,
+                               source.get_layer("stem").proj.kernel)
+
+    result = _cli("train", "--model=MixerS32", f"--weights={checkpoint}",
+                  "--dataset=digits", "--image_size=64", "--batch_size=16",
+                  "--epochs=1", "--steps_per_epoch=2", "--verbose=2",
+                  f"--output_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"] == "finetune" and saved["optimizer"] == "sgd"
+    assert "fresh zero head for 10 classes" in result.stderr
+    tuned = keras.saving.load_model(tmp_path / "run" / "final.keras")
+    assert tuned.get_layer("block_0").token_mixing.fc1.kernel.shape == (4, 1024)
+
+
+def test_distillation_from_a_teacher_file(tmp_path):
+    teacher = keras_mixer.MLPMixer(4, 32, 1, 16, 64, input_shape=(16, 16, 3),
+                                   classes=10, name="teacher")
+    teacher.save(tmp_path / "teacher.keras")
+    config = recipes.get_config("demo", image_size=32, epochs=1, steps_per_epoch=2,
+                                teacher=str(tmp_path / "teacher.keras"))
+    metrics = train.train(config, str(tmp_path / "run"), verbose=0)
+    assert metrics["epochs_completed"] == 1
+    student = keras.saving.load_model(tmp_path / "run" / "final.keras")
+    assert student.name == "mixer_demo"  # the student, not the wrapper
+    bad = recipes.get_config("demo", epochs=1, teacher=str(tmp_path / "none.keras"))
+    with pytest.raises(train.InputError, match="Teacher model .* does not exist"):
+        train.train(bad, str(tmp_path / "run2"))
