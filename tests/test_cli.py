@@ -49,7 +49,7 @@ def test_summary_of_b16_at_224_reports_25_gflops():
     [
         (["summary", "--model=MixerZ9"], "Unknown --model 'MixerZ9'. Choose one of: MixerS32"),
         (["summary", "--model=MixerS32", "--image_size=50"], "not a multiple of the patch size 32"),
-        (["fly"], "Expected a command (summary, weights, convert), got 'fly'"),
+        (["fly"], "Expected a command (summary, weights, convert, train, evaluate, demo), got 'fly'"),
         ([], "Expected a command"),
     ],
 )
@@ -110,3 +110,12 @@ def test_convert_needs_its_flags():
     result = _run("convert", "--model=MixerS32")
     assert result.returncode != 0
     assert "convert needs --model, --weights and --output" in result.stderr
+
+
+def test_readme_quickstart_is_exactly_the_two_commands():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    block = readme.split("## Quickstart", 1)[1].split("```", 2)[1]
+    assert block.strip().splitlines() == [
+        "pip install -e . && keras-mixer demo",
+        'pip install -e ".[test]" && pytest',
+    ]
