@@ -33,12 +33,24 @@ setup(
         # Training: datasets by name, and TensorBoard logs.
         "tensorflow-datasets",
         "tensorboard",
+        # Export: the LiteRT interpreter checks every TFLite file it writes.
+        "ai-edge-litert",
     ],
     extras_require={
         # deit / timm .pth checkpoints, read with torch.load(weights_only=True).
         "torch": ["torch"],
+        # keras_mixer.export.to_onnx.
+        "onnx": ["tf2onnx", "onnxruntime"],
+        # export/grpc_client.py (TF Serving's gRPC API).
+        "serving": ["tensorflow-serving-api", "grpcio"],
         "test": [
             "pytest",
+            # Encodes BMP/GIF/JPEG test images; the gRPC client's messages.
+            "pillow",
+            "tensorflow-serving-api",
+            "grpcio",
+            "tf2onnx",
+            "onnxruntime",
             # The JAX backend is tested in a subprocess (CPU build).
             "jax[cpu]",
         ],

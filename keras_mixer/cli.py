@@ -9,7 +9,12 @@ Commands:
               under a tf.distribute strategy; resumes after interruption.
     evaluate  top-1/top-5 of a model on a dataset, or --fewshot 1,5,10,25.
     demo      trains a small Mixer on the bundled digits (offline, ~1 min on
-              two CPU cores) and classifies held-out digits with the result.
+              two CPU cores), exports it (SavedModel, TFLite) and classifies
+              held-out digits through the exports.
+    export    writes a TF Serving SavedModel (<output>/<version>/) and TFLite
+              files (--tflite none,float16,dynamic_int8,int8).
+    predict   top-5 labels of image files through a SavedModel directory, a
+              .tflite or a .keras file.
 
 Examples:
     keras-mixer summary --model MixerB16 --image_size 224
@@ -20,6 +25,9 @@ Examples:
         --image_size 448 --output_dir runs/b16_cifar10
     keras-mixer evaluate --model runs/b16_cifar10/final.keras --dataset cifar10 --fewshot 1,5,10,25
     keras-mixer demo --output_dir mixer_demo
+    keras-mixer export --model MixerB16 --weights imagenet1k --image_size 224 \
+        --output export/models/mixer_b16 --version 1 --tflite none,dynamic_int8
+    keras-mixer predict --model_dir export/models/mixer_b16/1 cat.jpg dog.png
 """
 
 import json
@@ -104,6 +112,19 @@ flags.DEFINE_string("split", None, "evaluate: split (default: the config's "
                     "eval_split, validation).")
 flags.DEFINE_string("fewshot", None, "evaluate: few-shot linear evaluation "
                     "with these shots per class, e.g. 1,5,10,25.")
+flags.DEFINE_integer("version", 1, "export: SavedModel version folder.")
+flags.DEFINE_string("tflite", None, "export: TFLite files to write, e.g. "
+                    "none,float16,dynamic_int8,int8 (int8 calibrates on "
+                    "--dataset).")
+flags.DEFINE_bool("onnx", False, "export: also write <output>/<name>.onnx "
+                  "(tf2onnx, checked with onnxruntime).")
+flags.DEFINE_integer("top_k", 5, "export: classes in the top-k outputs.")
+flags.DEFINE_string("labels", None, "export/predict: class names, one per "
+                    "line (default: ImageNet names for 1000/21843/11221 "
+                    "classes).")
+flags.DEFINE_bool("overwrite", False, "export: replace an existing version.")
+flags.DEFINE_string("model_dir", None, "predict: SavedModel directory, "
+                    ".tflite or .keras file.")
 flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line "
                      "per epoch (default: bar on a terminal).")
 
@@ -369,8 +390,8 @@ def evaluate(argv):
 
 
 def demo(argv):
-    """Trains a small Mixer on the bundled digits, then classifies held-out
-    digits with the saved model."""
+    """Trains a small Mixer on the bundled digits, exports it, then classifies
+    held-out digits through the SavedModel and the TFLite file."""
     from keras_mixer import recipes
     from keras_mixer import train as train_lib
 
@@ -391,7 +412,7 @@ def demo(argv):
                                   verbose=_verbose())
     except train_lib.InputError as error:
         raise app.UsageError(str(error)) from None
-    show_held_out_digits(os.path.join(output_dir, "final.keras"))
+    show_held_out_digits(output_dir)
     target = 0.95
     verdict = "reached" if metrics["val_accuracy"] >= target else "MISSED"
     print(
@@ -402,29 +423,48 @@ def demo(argv):
         f"{metrics['train_images_per_second']:.0f} training images/s."
     )
     print(f"records: {output_dir}/metrics.json, history.csv, final.keras, "
-          "best.keras, logs/")
+          "best.keras, logs/, export/")
     return 0 if metrics["val_accuracy"] >= target else 1
 
 
-def show_held_out_digits(model_path, count=8):
-    """Reloads the saved model and classifies the first `count` validation
-    digits, printing each as ASCII art with its prediction."""
+def show_held_out_digits(output_dir, count=8):
+    """Reloads the saved model (safe_mode on), exports it as a TF Serving
+    SavedModel and a TFLite file, and classifies the first `count`
+    validation digits through each export, printing them as ASCII art."""
     import keras
     import numpy as np
+    import tensorflow as tf
 
     from keras_mixer import data
+    from keras_mixer import export as export_lib
 
+    model_path = os.path.join(output_dir, "final.keras")
     model = keras.saving.load_model(model_path)
+    export_dir = os.path.join(output_dir, "export")
+    saved = export_lib.save_for_serving(
+        model, os.path.join(export_dir, "mixer_demo"), version=1,
+        labels=[str(i) for i in range(10)], eval_crop="resize_crop",
+        overwrite=True,
+    )
+    tflite = export_lib.to_tflite(
+        model, os.path.join(export_dir, "mixer_demo_dynamic_int8.tflite"),
+        quantization="dynamic_int8",
+    )
+    print(f"exported: {saved} (TF Serving SavedModel) and {tflite['path']} "
+          f"({tflite['size_bytes'] / 1e6:.1f} MB, builtin ops only, batch-1 "
+          f"{tflite['latency_ms_batch1']:.2f} ms)")
     ds, _ = data.build_dataset("digits", "validation",
                                image_size=model.input_shape[1],
                                batch_size=count, training=False,
                                eval_crop="resize_crop", cache=False)
     images, labels = next(iter(ds))
-    probs = model.predict(images, verbose=0)
+    served = tf.saved_model.load(saved).signatures["serving_default"]
+    through_saved = served(images=images)["top_k_labels"][:, 0].numpy()
+    through_tflite = export_lib.run_tflite(tflite["path"], images.numpy())
     raw, _ = data.load_digits()
     index = data.digits_split("validation")[:count]
     shades = " .:-=+*#%@"
-    print(f"{count} held-out digits through the reloaded {model_path}:")
+    print(f"{count} held-out digits, classified by the exports:")
     rows = [""] * 8
     for i in range(count):
         for r in range(8):
@@ -432,14 +472,141 @@ def show_held_out_digits(model_path, count=8):
                                for v in raw[index[i], r]) + "  "
     print("\n".join(rows))
     true = np.argmax(labels, axis=-1)
-    pred = np.argmax(probs, axis=-1)
-    print("".join(f"{'label ' + str(t):<18}" for t in true))
-    print("".join(f"{'pred  ' + str(p) + (' ok' if p == t else ' X'):<18}"
-                  for p, t in zip(pred, true)))
+    lite = np.argmax(through_tflite, axis=-1)
+    saved_pred = [int(p.decode()) for p in through_saved]
+
+    def row(name, values):
+        return "".join(
+            f"{name:<10} {v}{' ok' if v == t else ' X':<6}"
+            for v, t in zip(values, true))
+
+    print("".join(f"{'label':<10} {t}{'':<6}" for t in true))
+    print(row("SavedModel", saved_pred))
+    print(row("TFLite", lite))
+
+
+def _model_for_export():
+    """--model as a .keras file, --weights as a .keras file, or a named model
+    built with --weights at --image_size."""
+    import keras
+
+    for path in (FLAGS.model, FLAGS.weights):
+        if path and path.endswith(".keras"):
+            if not os.path.exists(path):
+                raise app.UsageError(f"{path}: no such file.")
+            return keras.saving.load_model(path)
+    if not FLAGS.model:
+        raise app.UsageError(
+            "export needs --model (a name with --weights, or a .keras file)."
+        )
+    return build_from_flags(weights=FLAGS.weights)
+
+
+def export(argv):
+    """Writes a TF Serving SavedModel and optional TFLite files."""
+    from keras_mixer import export as export_lib
+
+    if not FLAGS.output:
+        raise app.UsageError(
+            "export needs --output, the model's base path, e.g. "
+            "export/models/mixer_b16 (the SavedModel goes to <output>/<version>)."
+        )
+    quantizations = []
+    if FLAGS.tflite:
+        quantizations = [q.strip() for q in FLAGS.tflite.split(",") if q.strip()]
+        unknown = [q for q in quantizations if q not in export_lib.QUANTIZATIONS]
+        if unknown:
+            raise app.UsageError(
+                f"--tflite {unknown}: use any of "
+                f"{','.join(export_lib.QUANTIZATIONS)}."
+            )
+        if "int8" in quantizations and not FLAGS.dataset:
+            raise app.UsageError(
+                "--tflite int8 calibrates on real images: give --dataset "
+                "(e.g. digits, folder:PATH or a tfds name)."
+            )
+    version_dir = os.path.join(FLAGS.output, str(FLAGS.version))
+    if os.path.exists(version_dir) and not FLAGS.overwrite:
+        raise app.UsageError(
+            f"{version_dir} exists: give --overwrite or another --version."
+        )
+    model = _model_for_export()
+    try:
+        path = export_lib.save_for_serving(
+            model, FLAGS.output, version=FLAGS.version, top_k=FLAGS.top_k,
+            labels=FLAGS.labels, overwrite=FLAGS.overwrite,
+        )
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    print(f"SavedModel: {path} (signatures: "
+          f"{', '.join(export_lib.SIGNATURES)})")
+    reports = []
+    representative = None
+    if "int8" in quantizations:
+        import numpy as np
+
+        from keras_mixer import data
+
+        size = model.input_shape[1]
+        ds, _ = data.build_dataset(FLAGS.dataset, "train", image_size=size,
+                                   batch_size=32, training=False,
+                                   data_dir=FLAGS.data_dir)
+        representative = np.concatenate([b[0] for b in ds.take(8)])
+    base = os.path.basename(os.path.normpath(FLAGS.output))
+    for quantization in quantizations:
+        report = export_lib.to_tflite(
+            model, os.path.join(FLAGS.output, f"{base}_{quantization}.tflite"),
+            quantization=quantization, representative_data=representative,
+        )
+        reports.append(report)
+        print(f"TFLite {quantization:>12}: {report['path']} "
+              f"{report['size_bytes'] / 1e6:.1f} MB, batch-1 "
+              f"{report['latency_ms_batch1']:.2f} ms, max relative error "
+              f"{report['max_relative_error']:.2e}, top-1 agreement "
+              f"{report['top1_agreement']:.3f}, builtin ops only")
+    if FLAGS.onnx:
+        report = export_lib.to_onnx(model, os.path.join(FLAGS.output,
+                                                        f"{base}.onnx"))
+        print(f"ONNX: {report['path']} {report['size_bytes'] / 1e6:.1f} MB, "
+              f"max relative error vs Keras (onnxruntime) "
+              f"{report['max_relative_error']:.2e}")
+    return 0
+
+
+def predict(argv):
+    """Prints the top-5 classes of each image file."""
+    from keras_mixer import export as export_lib
+
+    if not FLAGS.model_dir:
+        raise app.UsageError(
+            "predict needs --model_dir: a SavedModel directory, a .tflite "
+            "or a .keras file, then the image files."
+        )
+    if not argv:
+        raise app.UsageError("predict needs image files after the flags.")
+    missing = [p for p in argv if not os.path.isfile(p)]
+    if missing:
+        raise app.UsageError(f"No such image file(s): {', '.join(missing)}.")
+    if not os.path.exists(FLAGS.model_dir):
+        raise app.UsageError(f"--model_dir {FLAGS.model_dir}: no such file "
+                             "or directory.")
+    try:
+        predictor = export_lib.load_predictor(FLAGS.model_dir,
+                                              labels=FLAGS.labels)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    for path, top in zip(argv, predictor(list(argv))):
+        print(path)
+        for rank, (label, score, index) in enumerate(top, 1):
+            print(f"  {rank}. {label} ({index}): {score:.4f}")
+    return 0
 
 
 COMMANDS = {"summary": summary, "weights": weights, "convert": convert,
-            "train": train, "evaluate": evaluate, "demo": demo}
+            "train": train, "evaluate": evaluate, "demo": demo,
+            "export": export, "predict": predict}
+# Commands that take positional arguments (image files).
+POSITIONAL = ("predict",)
 
 
 def main(argv):
@@ -449,7 +616,7 @@ def main(argv):
             f"Expected a command ({', '.join(COMMANDS)}), got {given!r}. "
             "Example: keras-mixer summary --model MixerB16"
         )
-    if len(argv) > 2:
+    if len(argv) > 2 and argv[1] not in POSITIONAL:
         raise app.UsageError(
             f"Unexpected arguments {argv[2:]}; flags take the form --name=value."
         )

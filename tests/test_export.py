@@ -1,0 +1,466 @@
+"""Export: TF Serving SavedModel signatures (reloaded and called), bytes input
+and bad bytes, saved_model_cli, TFLite with builtin ops only, the REST and
+gRPC clients against local stand-ins for TF Serving, and the CLI."""
+
+import base64
+import zlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mixer
+from keras_mixer import data
+from keras_mixer import export
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "export"))
+
+import grpc_client  # noqa: E402
+import rest_client  # noqa: E402
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+LABELS = [f"class_{i}" for i in range(10)]
+
+
+def _randomise(model, scale=0.05):
+    for v in model.weights:
+        rng = np.random.default_rng(zlib.crc32(v.path.encode()))
+        v.assign(rng.normal(0, scale, v.shape).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    keras.utils.set_random_seed(0)
+    return _randomise(keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10))
+
+
+@pytest.fixture(scope="module")
+def served(small_model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving") / "mixer_s32"
+    path = export.save_for_serving(small_model, str(base), version=3,
+                                   labels=LABELS)
+    return path, tf.saved_model.load(path)
+
+
+def _images(n, seed=0, size=64):
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def test_layout_and_signatures(served):
+    path, loaded = served
+    assert path.endswith(os.path.join("mixer_s32", "3"))
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(path, "variables"))
+    assert set(export.SIGNATURES) <= set(loaded.signatures)
+    # Nothing half-written is left beside the version.
+    assert os.listdir(os.path.dirname(path)) == ["3"]
+
+
+@pytest.mark.parametrize("batch", [3, 1])  # any batch size
+def test_serving_default_matches_keras(served, small_model, batch):
+    _, loaded = served
+    x = _images(batch, seed=batch)
+    out = loaded.signatures["serving_default"](images=tf.constant(x))
+    expected = small_model.predict(x, verbose=0)
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5, atol=1e-7)
+    order = np.argsort(-expected, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(out["top_k_indices"], order)
+    np.testing.assert_allclose(out["top_k_scores"],
+                               np.take_along_axis(expected, order, 1), rtol=1e-5)
+    labels = out["top_k_labels"].numpy().astype(str)
+    np.testing.assert_array_equal(labels, np.array(LABELS)[order])
+    assert out["top_k_indices"].dtype == tf.int32
+
+
+def test_features_signature_is_the_prelogits_embedding(served, small_model):
+    _, loaded = served
+    x = _images(2, seed=5)
+    out = loaded.signatures["features"](images=tf.constant(x))["features"]
+    pooled = keras.Model(small_model.input, small_model.get_layer("avg_pool").output)
+    np.testing.assert_allclose(out, pooled.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert out.shape == (2, 512)
+
+
+def _encode(image, fmt):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_image_bytes_decodes_any_format_and_size(served, small_model):
+    _, loaded = served
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (70, 50), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    cases = [
+        (_encode(rgb, "PNG"), rgb),
+        (_encode(rgb, "BMP"), rgb),
+        (_encode(gray, "PNG"), np.repeat(gray[..., None], 3, -1)),
+        (_encode(rgba, "PNG"), rgba[..., :3]),
+    ]
+    blobs = tf.constant([blob for blob, _ in cases])
+    out = loaded.signatures["image_bytes"](image_bytes=blobs)
+    # Reference: the lossless pixels, the same eval crop, the Keras model.
+    reference = np.stack([
+        data.resmall_crop(tf.constant(pixels, tf.float32), 64).numpy()
+        for _, pixels in cases
+    ])
+    expected = small_model.predict(reference, verbose=0)
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-4, atol=1e-6)
+    # JPEG and GIF (palette) decode too; their pixels are lossy, so only the
+    # shapes and a valid distribution are checked.
+    lossy = [_encode(rgb, "JPEG"), _encode(rgb, "GIF")]
+    out = loaded.signatures["image_bytes"](image_bytes=tf.constant(lossy))
+    assert out["probabilities"].shape == (2, 10)
+    np.testing.assert_allclose(np.sum(out["probabilities"], 1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [b"", b"not an image", b"\x89PNG\r\n\x1a\n broken"])
+def test_bad_bytes_fail_their_request_only(served, bad):
+    _, loaded = served
+    good = _encode(np.full((30, 40, 3), 128, np.uint8), "PNG")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["image_bytes"](image_bytes=tf.constant([good, bad]))
+    out = loaded.signatures["image_bytes"](image_bytes=tf.constant([good]))
+    assert out["probabilities"].shape == (1, 10)
+
+
+def test_saved_model_cli_shows_the_contract(served):
+    path, _ = served
+    result = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    blocks = dict(re.findall(r"signature_def\['(\w+)'\]:(.*?)(?=signature_def\[|\Z)",
+                             text, re.S))
+    for name in export.SIGNATURES:
+        assert "tensorflow/serving/predict" in blocks[name]
+    default = blocks["serving_default"]
+    assert re.search(r"inputs\['images'\].*?dtype: DT_FLOAT\s+shape: \(-1, 64, 64, 3\)", default, re.S)
+    assert re.search(r"outputs\['probabilities'\].*?DT_FLOAT\s+shape: \(-1, 10\)", default, re.S)
+    assert re.search(r"outputs\['top_k_indices'\].*?DT_INT32\s+shape: \(-1, 5\)", default, re.S)
+    assert re.search(r"outputs\['top_k_labels'\].*?DT_STRING\s+shape: \(-1, 5\)", default, re.S)
+    assert re.search(r"inputs\['image_bytes'\].*?DT_STRING\s+shape: \(-1\)", blocks["image_bytes"], re.S)
+    assert re.search(r"outputs\['features'\].*?DT_FLOAT\s+shape: \(-1, 512\)", blocks["features"], re.S)
+
+
+def test_export_refuses_bad_arguments(small_model, tmp_path):
+    export.save_for_serving(small_model, str(tmp_path / "m"), version=1, labels=LABELS)
+    with pytest.raises(FileExistsError, match="exists: pass overwrite=True"):
+        export.save_for_serving(small_model, str(tmp_path / "m"), version=1)
+    with pytest.raises(ValueError, match="3 labels for a 10-class model"):
+        export.save_for_serving(small_model, str(tmp_path / "m"), version=2,
+                                labels=["a", "b", "c"])
+    headless = keras_mixer.MixerS32(input_shape=(64, 64, 3), include_top=False)
+    with pytest.raises(ValueError, match="has no classification head"):
+        export.save_for_serving(headless, str(tmp_path / "h"))
+
+
+def test_logits_model_gets_softmax_and_imagenet_labels(tmp_path):
+    model = _randomise(keras_mixer.MixerS32(input_shape=(32, 32, 3),
+                                            classifier_activation=None))
+    path = export.save_for_serving(model, str(tmp_path / "m"))
+    out = tf.saved_model.load(path).signatures["serving_default"](
+        images=tf.constant(_images(2, size=32)))
+    logits = model.predict(_images(2, size=32), verbose=0)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5, atol=1e-7)
+    names = keras_mixer.labels.class_names(1000)
+    top = out["top_k_indices"].numpy()[0, 0]
+    assert out["top_k_labels"].numpy()[0, 0].decode() == names[top][1]
+
+
+def test_full_size_b16_exports_and_serves(tmp_path):
+    model = keras_mixer.MixerB16()
+    for v in model.weights:  # a non-zero head, so outputs differ per image
+        if v.path.startswith("head"):
+            v.assign(np.random.default_rng(0).normal(0, 0.02, v.shape))
+    path = export.save_for_serving(model, str(tmp_path / "mixer_b16"))
+    loaded = tf.saved_model.load(path)
+    x = _images(2, size=224)
+    out = loaded.signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_allclose(out["probabilities"], model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-7)
+    assert out["top_k_labels"].shape == (2, 5)
+    _check_weights_stored_once(path, model.count_params())
+
+
+def _check_weights_stored_once(path, params):
+    """The float32 weights sit once in variables/, none in the graph
+    protobuf (so the 2 GB protobuf limit cannot bite)."""
+    variables = sum(os.path.getsize(os.path.join(d, f))
+                    for d, _, files in os.walk(os.path.join(path, "variables"))
+                    for f in files)
+    assert 4 * params <= variables < 4 * params * 1.01
+    assert os.path.getsize(os.path.join(path, "saved_model.pb")) < 20e6
+
+
+def test_h14_exports_past_the_protobuf_limit(tmp_path):
+    """Mixer-H/14: 432M parameters, 1.7 GB of float32 (about 25 s and 6.5 GB
+    of memory on two cores)."""
+    model = keras_mixer.MixerH14()
+    path = export.save_for_serving(model, str(tmp_path / "mixer_h14"))
+    _check_weights_stored_once(path, 432_350_952)
+    loaded = tf.saved_model.load(path)
+    x = _images(1, size=224)
+    out = loaded.signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_allclose(out["probabilities"], model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------
+# TFLite.
+
+
+@pytest.mark.parametrize("family, quantization", [
+    *[("mixer_tanh", q) for q in export.QUANTIZATIONS],
+    # The exact (erf) GELU of timm's and deit's weights, and ResMLP's Affine
+    # and LayerScale, lower to builtins too.
+    ("mixer_exact_gelu", "none"), ("mixer_exact_gelu", "int8"),
+    ("resmlp", "none"), ("resmlp", "dynamic_int8"),
+])
+def test_tflite_is_builtin_only_dynamic_batch_and_matches(family, quantization, tmp_path):
+    keras.utils.set_random_seed(0)
+    if family == "resmlp":
+        model = keras_mixer.ResMLP12(input_shape=(32, 32, 3), classes=10)
+    else:
+        model = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10,
+                                     approximate_gelu=family == "mixer_tanh")
+    _randomise(model)
+    size = model.input_shape[1]
+    calibration = _images(16, seed=1, size=size)
+    report = export.to_tflite(model, str(tmp_path / "m.tflite"), quantization,
+                              representative_data=calibration,
+                              measure_latency=quantization == "none")
+    # Every op is a builtin: exact GELU included (GELU, not FlexErf).
+    assert not [op for op in report["ops"] if op.startswith("Flex")]
+    assert "GELU" in report["ops"]
+    limit = {"none": 1e-4, "float16": 1e-2, "dynamic_int8": 5e-2, "int8": 1e-1}
+    assert report["max_relative_error"] < limit[quantization]
+    assert report["top1_agreement"] >= 0.75
+    # Dynamic batch: another batch size runs and agrees with Keras.
+    x = _images(3, seed=9, size=size)
+    got = export.run_tflite(report["path"], x)
+    expected = model.predict(x, verbose=0)
+    assert got.shape == (3, 10)
+    assert np.max(np.abs(got - expected)) / np.max(expected) < limit[quantization]
+    sizes = {"none": 4.0, "float16": 2.0, "dynamic_int8": 1.0, "int8": 1.0}
+    assert report["size_bytes"] < model.count_params() * sizes[quantization] * 1.1
+
+
+def test_tflite_checks(small_model, tmp_path):
+    with pytest.raises(RuntimeError, match=r"non-builtin ops \['FlexErf'\]"):
+        export.check_builtin_ops(["ADD", "FlexErf"])
+    with pytest.raises(ValueError, match="give representative_data"):
+        export.to_tflite(small_model, str(tmp_path / "x.tflite"), "int8")
+    with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
+        export.to_tflite(small_model, str(tmp_path / "x.tflite"), "int4")
+    assert not (tmp_path / "x.tflite").exists()
+
+
+# ----------------------------------------------------------------------------
+# Clients against local stand-ins for TF Serving.
+
+
+class _FakeRestServing(BaseHTTPRequestHandler):
+    """Implements TF Serving's REST :predict (row format) over a SavedModel."""
+
+    loaded = None
+    requests = []
+
+    def do_POST(self):  # noqa: N802
+        match = re.fullmatch(r"/v1/models/(\w+)(?:/versions/(\d+))?:predict", self.path)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body))
+        if not match or match.group(1) != "mixer_s32":
+            return self._reply(404, {"error": "Servable not found"})
+        signature = self.loaded.signatures[body.get("signature_name", "serving_default")]
+        blobs = [base64.b64decode(row["image_bytes"]["b64"]) for row in body["instances"]]
+        try:
+            out = signature(image_bytes=tf.constant(blobs))
+        except tf.errors.InvalidArgumentError as error:
+            return self._reply(400, {"error": error.message})
+        rows = [{k: (v[i].numpy().astype(str).tolist() if v.dtype == tf.string
+                     else v[i].numpy().tolist()) for k, v in out.items()}
+                for i in range(len(blobs))]
+        self._reply(200, {"predictions": rows})
+
+    def _reply(self, code, payload):
+        raw = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    paths = []
+    for i, fmt in enumerate(["PNG", "JPEG"]):
+        image = np.random.default_rng(i).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+        path = tmp_path / f"img{i}.{fmt.lower()}"
+        path.write_bytes(_encode(image, fmt))
+        paths.append(str(path))
+    return paths
+
+
+def test_rest_client_request_and_output(served, image_files, capsys):
+    _, loaded = served
+    body = rest_client.build_request(image_files)
+    assert body["signature_name"] == "image_bytes"
+    assert [sorted(row) for row in body["instances"]] == [["image_bytes"]] * 2
+    assert base64.b64decode(body["instances"][0]["image_bytes"]["b64"]) == open(
+        image_files[0], "rb").read()
+    assert rest_client.predict_url("http://h:8501/", "m", 2) == \
+        "http://h:8501/v1/models/m/versions/2:predict"
+
+    _FakeRestServing.loaded, _FakeRestServing.requests = loaded, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRestServing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert rest_client.main(["--server", url, "--model", "mixer_s32", *image_files]) == 0
+    finally:
+        server.shutdown()
+    printed = capsys.readouterr().out
+    direct = loaded.signatures["image_bytes"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in image_files]))
+    for i, path in enumerate(image_files):
+        first = direct["top_k_labels"][i, 0].numpy().decode()
+        index = int(direct["top_k_indices"][i, 0])
+        assert f"{path}\n  1. {first} ({index}): " in printed
+    assert printed.count("  5. ") == 2
+
+
+def test_grpc_client_request_and_output(served, image_files):
+    grpc = pytest.importorskip("grpc")
+    from concurrent import futures
+
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    _, loaded = served
+    request = grpc_client.build_request(image_files, "mixer_s32", version=3)
+    assert request.model_spec.name == "mixer_s32"
+    assert request.model_spec.signature_name == "image_bytes"
+    assert request.model_spec.version.value == 3
+    tensor = request.inputs["image_bytes"]
+    assert tensor.dtype == tf.string.as_datatype_enum
+    assert [d.size for d in tensor.tensor_shape.dim] == [2]
+    assert tensor.string_val[1] == open(image_files[1], "rb").read()
+
+    seen = []
+
+    class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802
+            seen.append(request)
+            signature = loaded.signatures[request.model_spec.signature_name]
+            blobs = tf.make_ndarray(request.inputs["image_bytes"])
+            out = signature(image_bytes=tf.constant(blobs))
+            response = predict_pb2.PredictResponse()
+            for key, value in out.items():
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        outputs = grpc_client.predict(f"127.0.0.1:{port}", "mixer_s32", image_files)
+    finally:
+        server.stop(0)
+    assert seen[0].model_spec.name == "mixer_s32"
+    direct = loaded.signatures["image_bytes"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in image_files]))
+    np.testing.assert_array_equal(outputs["top_k_indices"], direct["top_k_indices"])
+    lines = grpc_client.format_top5(outputs)
+    assert lines[0][0].startswith(f"  1. {direct['top_k_labels'][0, 0].numpy().decode()} (")
+
+
+# ----------------------------------------------------------------------------
+# CLI.
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "keras_mixer", *args],
+                          capture_output=True, text=True, env=ENV, timeout=400)
+
+
+def test_export_and_predict_cli(small_model, image_files, tmp_path):
+    model_file = tmp_path / "s32.keras"
+    small_model.save(model_file)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+    out_dir = tmp_path / "models" / "mixer_s32"
+    result = _cli("export", f"--model={model_file}", f"--output={out_dir}",
+                  "--version=2", "--tflite=none,dynamic_int8", f"--labels={labels}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out_dir / "2" / "saved_model.pb").exists()
+    for quantization in ("none", "dynamic_int8"):
+        assert (out_dir / f"mixer_s32_{quantization}.tflite").exists()
+        assert re.search(rf"TFLite\s+{quantization}: .* MB, batch-1 [\d.]+ ms, "
+                         r"max relative error .*, builtin ops only", result.stdout)
+    again = _cli("export", f"--model={model_file}", f"--output={out_dir}", "--version=2")
+    assert again.returncode != 0 and "exists: give --overwrite" in again.stderr
+
+    direct = small_model.predict(np.stack([
+        data.resmall_crop(tf.cast(tf.io.decode_image(open(p, "rb").read(), 3), tf.float32),
+                          64).numpy() for p in image_files]), verbose=0)
+    for model_dir in (out_dir / "2", out_dir / "mixer_s32_none.tflite", model_file):
+        result = _cli("predict", f"--model_dir={model_dir}", f"--labels={labels}", *image_files)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for i, path in enumerate(image_files):
+            top = int(np.argmax(direct[i]))
+            assert f"{path}\n  1. class_{top} ({top}): " in result.stdout
+        assert result.stdout.count("  5. ") == 2
+
+    result = _cli("predict", f"--model_dir={out_dir / '2'}", str(tmp_path / "none.png"))
+    assert result.returncode != 0 and "No such image file(s)" in result.stderr
+    result = _cli("export", f"--model={model_file}", f"--output={tmp_path / 'x'}",
+                  "--tflite=int8")
+    assert result.returncode != 0 and "--tflite int8 calibrates on real images" in result.stderr
+
+
+@pytest.mark.parametrize("family", ["mixer_tanh", "mixer_exact_gelu"])
+def test_onnx_matches_keras_in_onnxruntime(family, tmp_path):
+    pytest.importorskip("tf2onnx")
+    if family == "resmlp":
+        model = keras_mixer.ResMLP12(input_shape=(32, 32, 3), classes=10)
+    else:
+        model = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10,
+                                     approximate_gelu=family == "mixer_tanh")
+    _randomise(model)
+    size = model.input_shape[1]
+    report = export.to_onnx(model, str(tmp_path / "m.onnx"),
+                            check_data=_images(2, seed=4, size=size))
+    assert report["max_relative_error"] < 1e-5
+    if family == "mixer_exact_gelu":  # Erfc rewritten as 1 - Erf
+        assert "Erf" in report["ops"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
+    x = _images(5, seed=6, size=size)  # another batch size
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
