@@ -270,7 +270,14 @@ def run_tflite(model_path, images, num_threads=None):
     interpreter.allocate_tensors()
     interpreter.set_tensor(inp["index"], images)
     interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    output = interpreter.get_output_details()[0]
+    result = interpreter.get_tensor(output["index"])
+    signatures = interpreter.get_signature_list().values()
+    if any("logits" in sig.get("outputs", ()) for sig in signatures):
+        # int8 files end at the logits (see to_tflite).
+        result = np.exp(result - result.max(axis=-1, keepdims=True))
+        result /= result.sum(axis=-1, keepdims=True)
+    return result
 
 
 def tflite_latency_ms(model_path, runs=20, num_threads=None, warmup=3):
@@ -303,7 +310,9 @@ def to_tflite(model, path, quantization="none", representative_data=None,
         quantization: "none" (float32), "float16" (float16 weights),
             "dynamic_int8" (int8 weights, float activations) or "int8" (int8
             weights and activations; needs `representative_data`; float32
-            input and output).
+            input, and float32 logits as output: a full-integer softmax
+            would round flat probabilities to zero, so `run_tflite` and
+            `keras-mixer predict` apply the softmax).
         representative_data: images [N, H, W, 3] in [0, 255] for "int8"
             calibration (a few hundred of the model's own data).
         check_data: images to compare LiteRT with Keras on (default: 8
@@ -323,7 +332,13 @@ def to_tflite(model, path, quantization="none", representative_data=None,
         raise ValueError(
             f"Unknown quantization {quantization!r}; use one of {QUANTIZATIONS}."
         )
-    height, width, _ = _check_classifier(model)
+    height, width, is_softmax = _check_classifier(model)
+    # A full-integer softmax has steps of 1/256: a confident 1000-class
+    # output survives, a flat one rounds to all zeros. So int8 files end at
+    # the (int8) logits, and `run_tflite` / `predict` apply the softmax.
+    logits = None
+    if quantization == "int8" and is_softmax:
+        logits = keras.Model(model.input, model.get_layer("head").output)
     if quantization == "int8":
         if representative_data is None or len(representative_data) == 0:
             raise ValueError(
@@ -340,6 +355,8 @@ def to_tflite(model, path, quantization="none", representative_data=None,
     @tf.function(input_signature=[
         tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
     def serve(images):
+        if logits is not None:
+            return {"logits": tf.cast(logits(images, training=False), tf.float32)}
         return {"probabilities": model(images, training=False)}
 
     with tempfile.TemporaryDirectory() as tmp:

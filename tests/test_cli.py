@@ -49,7 +49,7 @@ def test_summary_of_b16_at_224_reports_25_gflops():
     [
         (["summary", "--model=MixerZ9"], "Unknown --model 'MixerZ9'. Choose one of: MixerS32"),
         (["summary", "--model=MixerS32", "--image_size=50"], "not a multiple of the patch size 32"),
-        (["fly"], "Expected a command (summary, weights, convert, train, evaluate, demo), got 'fly'"),
+        (["fly"], "Expected a command (summary, weights, convert, train, evaluate, demo, export, predict), got 'fly'"),
         ([], "Expected a command"),
     ],
 )
