@@ -312,22 +312,20 @@ def train(argv):
     return 0
 
 
-def _load_for_eval(config):
-    """A .keras file (safe_mode on) or --model with --weights."""
+def _load_keras_file(path):
+    """A `.keras` model file, loaded with safe_mode on."""
     import keras
 
-    name = config["model"]
-    if name.endswith(".keras"):
-        if not os.path.exists(name):
-            raise app.UsageError(f"--model {name}: no such file.")
-        return keras.saving.load_model(name)
-    return None
+    if not os.path.exists(path):
+        raise app.UsageError(f"{path}: no such file.")
+    return keras.saving.load_model(path)
 
 
 def evaluate(argv):
     """Top-1/top-5 (or few-shot) of --model on --dataset's --split."""
     from keras_mixer import data
     from keras_mixer import evaluation
+    from keras_mixer import train as train_lib
 
     if not FLAGS.model:
         raise app.UsageError(
@@ -335,8 +333,6 @@ def evaluate(argv):
             "or a model name with --weights."
         )
     config = config_from_flags()
-    from keras_mixer import train as train_lib
-
     try:
         train_lib.check_inputs(config)
     except ValueError as error:
@@ -351,8 +347,9 @@ def evaluate(argv):
                 "1,5,10,25."
             ) from None
     _logging()
-    model = _load_for_eval(config)
-    if model is None:
+    if config["model"].endswith(".keras"):
+        model = _load_keras_file(config["model"])
+    else:
         import keras_mixer
 
         size = config["image_size"]
@@ -488,13 +485,9 @@ def show_held_out_digits(output_dir, count=8):
 def _model_for_export():
     """--model as a .keras file, --weights as a .keras file, or a named model
     built with --weights at --image_size."""
-    import keras
-
     for path in (FLAGS.model, FLAGS.weights):
         if path and path.endswith(".keras"):
-            if not os.path.exists(path):
-                raise app.UsageError(f"{path}: no such file.")
-            return keras.saving.load_model(path)
+            return _load_keras_file(path)
     if not FLAGS.model:
         raise app.UsageError(
             "export needs --model (a name with --weights, or a .keras file)."

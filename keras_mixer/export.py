@@ -39,6 +39,7 @@ import numpy as np
 import keras
 
 from keras_mixer import data
+from keras_mixer import evaluation
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
 # Largest relative error accepted against the Keras model (max |diff| over
@@ -100,16 +101,6 @@ def _resolve_labels(labels, num_classes):
             "name per class, in class order."
         )
     return labels
-
-
-def _prelogits(model):
-    for name in ("avg_pool", "max_pool"):
-        try:
-            return keras.Model(model.input, model.get_layer(name).output,
-                               name="features")
-        except ValueError:
-            continue
-    raise ValueError(f"Model {model.name!r} has no pooled pre-logits layer.")
 
 
 def _write_saved_model(model, path, signatures):
@@ -179,7 +170,7 @@ def save_for_serving(model, directory, version=1, top_k=5, labels=None,
             f"{path} exists: pass overwrite=True (--overwrite) or a new "
             "version number."
         )
-    features = _prelogits(model)
+    features = evaluation.prelogits_model(model)
     label_table = tf.constant(labels) if labels else None
 
     def outputs(images):

@@ -23,6 +23,7 @@ only the chief writes them; the other workers write under
 """
 
 import csv
+import io
 import json
 import logging
 import math
@@ -81,10 +82,9 @@ class EpochHistory(keras.callbacks.Callback):
     kill in between) is trained again and recorded once.
     """
 
-    def __init__(self, path, global_batch):
+    def __init__(self, path):
         super().__init__()
         self.path = path
-        self.global_batch = global_batch
         self.rows = {}
         self._started = False
 
@@ -112,15 +112,12 @@ class EpochHistory(keras.callbacks.Callback):
         keys = []
         for r in self.rows.values():
             keys += [k for k in r if k not in keys]
-        lines = []
-        with tempfile.TemporaryFile("w+", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            for e in sorted(self.rows):
-                writer.writerow(self.rows[e])
-            f.seek(0)
-            lines = f.read()
-        atomic_write_text(self.path, lines)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        for e in sorted(self.rows):
+            writer.writerow(self.rows[e])
+        atomic_write_text(self.path, text.getvalue())
 
 
 class BestModel(keras.callbacks.Callback):
@@ -440,7 +437,7 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
             os.path.join(output_dir, "backup"), double_checkpoint=True
         ),
         keras.callbacks.TerminateOnNaN(),
-        EpochHistory(os.path.join(output_dir, "history.csv"), global_batch),
+        EpochHistory(os.path.join(output_dir, "history.csv")),
         throughput,
     ]
     if config["ema"]:
