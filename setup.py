@@ -43,6 +43,8 @@ setup(
         "onnx": ["tf2onnx", "onnxruntime"],
         # export/grpc_client.py (TF Serving's gRPC API).
         "serving": ["tensorflow-serving-api", "grpcio"],
+        # keras_mixer.visualize and the notebooks/ (run them in Jupyter).
+        "notebooks": ["matplotlib", "ipykernel", "nbclient", "nbformat"],
         "test": [
             "pytest",
             # Encodes BMP/GIF/JPEG test images; the gRPC client's messages.
@@ -53,6 +55,11 @@ setup(
             "onnxruntime",
             # The JAX backend is tested in a subprocess (CPU build).
             "jax[cpu]",
+            # keras_mixer.visualize; every notebook is executed offline.
+            "matplotlib",
+            "ipykernel",
+            "nbclient",
+            "nbformat",
         ],
     },
     entry_points={"console_scripts": ["keras-mixer=keras_mixer.cli:run"]},

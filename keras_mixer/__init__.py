@@ -7,6 +7,7 @@
 from keras_mixer import layers
 from keras_mixer import mixer
 from keras_mixer import resmlp
+from keras_mixer import visualize
 from keras_mixer.common import count_flops
 from keras_mixer.common import feature_extractor
 from keras_mixer.common import preprocess_input

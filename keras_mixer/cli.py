@@ -46,7 +46,8 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "weights", None, "Weights name (see `keras-mixer weights`) or file path."
 )
-flags.DEFINE_string("output", None, "Output file: .keras or .weights.h5.")
+flags.DEFINE_string("output", None, "Output file: .keras or .weights.h5 "
+                    "(convert), the export folder (export), a .png (visualize).")
 flags.DEFINE_integer(
     "image_size", None, "Input side in pixels; default: the model's (224)."
 )
@@ -92,9 +93,9 @@ flags.DEFINE_float("mixup", None, "MixUp alpha (0: off).")
 flags.DEFINE_float("cutmix", None, "CutMix alpha (0: off).")
 flags.DEFINE_float("ema", None, "EMA momentum of the weights (0: off).")
 flags.DEFINE_integer("grad_accum_steps", None, "Gradient accumulation steps.")
-flags.DEFINE_enum("precision", None, ["float32", "bfloat16", "float16", "auto"],
-                  "float32, bfloat16 (mixed; TPU, CPU), float16 (mixed with "
-                  "loss scaling; GPU), or auto.")
+flags.DEFINE_string("precision", None, "train: float32, bfloat16 (mixed; "
+                    "TPU, CPU), float16 (mixed with loss scaling; GPU), or "
+                    "auto. benchmark: a list, e.g. float32,bfloat16.")
 flags.DEFINE_string("teacher", None, "Teacher .keras file for hard "
                     "distillation (DeiT / ResMLP recipe).")
 flags.DEFINE_enum("eval_crop", None, ["resmall_crop", "resize_crop"],
@@ -115,7 +116,8 @@ flags.DEFINE_string("fewshot", None, "evaluate: few-shot linear evaluation "
 flags.DEFINE_integer("version", 1, "export: SavedModel version folder.")
 flags.DEFINE_string("tflite", None, "export: TFLite files to write, e.g. "
                     "none,float16,dynamic_int8,int8 (int8 calibrates on "
-                    "--dataset).")
+                    "--dataset). benchmark: batch-1 latency of these "
+                    "quantizations against none, e.g. dynamic_int8.")
 flags.DEFINE_bool("onnx", False, "export: also write <output>/<name>.onnx "
                   "(tf2onnx, checked with onnxruntime).")
 flags.DEFINE_integer("top_k", 5, "export: classes in the top-k outputs.")
@@ -125,6 +127,22 @@ flags.DEFINE_string("labels", None, "export/predict: class names, one per "
 flags.DEFINE_bool("overwrite", False, "export: replace an existing version.")
 flags.DEFINE_string("model_dir", None, "predict: SavedModel directory, "
                     ".tflite or .keras file.")
+flags.DEFINE_enum("figure", "auto", ["auto", "token_mixing", "stem",
+                  "cross_patch", "sparsity"], "visualize: the figure; auto is "
+                  "token_mixing for Mixer, cross_patch for ResMLP.")
+flags.DEFINE_integer("block", 0, "visualize: the block of token_mixing and "
+                     "cross_patch.")
+flags.DEFINE_string("mode", "infer", "benchmark: infer, train or both "
+                    "(infer,train).")
+flags.DEFINE_integer("steps", 10, "benchmark: timed batches.")
+flags.DEFINE_integer("warmup", 2, "benchmark: untimed batches first.")
+flags.DEFINE_bool("timm", True, "benchmark: also measure timm's model when "
+                  "torch and timm import.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                  "benchmark: XLA; auto keeps Keras's default.")
+flags.DEFINE_enum("inputs", "dataset", ["dataset", "numpy"],
+                  "benchmark: feed predict/fit a tf.data.Dataset of the "
+                  "batches, or the NumPy arrays.")
 flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line "
                      "per epoch (default: bar on a terminal).")
 
@@ -482,17 +500,32 @@ def show_held_out_digits(output_dir, count=8):
     print(row("TFLite", lite))
 
 
-def _model_for_export():
+def _model_from_flags():
     """--model as a .keras file, --weights as a .keras file, or a named model
-    built with --weights at --image_size."""
+    built with --weights at --image_size (export, visualize)."""
     for path in (FLAGS.model, FLAGS.weights):
         if path and path.endswith(".keras"):
             return _load_keras_file(path)
     if not FLAGS.model:
         raise app.UsageError(
-            "export needs --model (a name with --weights, or a .keras file)."
+            "export and visualize need --model (a name with --weights, or a "
+            ".keras file)."
         )
     return build_from_flags(weights=FLAGS.weights)
+
+
+def _tflite_modes(export_lib):
+    """--tflite as a list of quantizations (empty when unset)."""
+    if not FLAGS.tflite:
+        return []
+    quantizations = [q.strip() for q in FLAGS.tflite.split(",") if q.strip()]
+    unknown = [q for q in quantizations if q not in export_lib.QUANTIZATIONS]
+    if unknown:
+        raise app.UsageError(
+            f"--tflite {unknown}: use any of "
+            f"{','.join(export_lib.QUANTIZATIONS)}."
+        )
+    return quantizations
 
 
 def export(argv):
@@ -504,15 +537,8 @@ def export(argv):
             "export needs --output, the model's base path, e.g. "
             "export/models/mixer_b16 (the SavedModel goes to <output>/<version>)."
         )
-    quantizations = []
-    if FLAGS.tflite:
-        quantizations = [q.strip() for q in FLAGS.tflite.split(",") if q.strip()]
-        unknown = [q for q in quantizations if q not in export_lib.QUANTIZATIONS]
-        if unknown:
-            raise app.UsageError(
-                f"--tflite {unknown}: use any of "
-                f"{','.join(export_lib.QUANTIZATIONS)}."
-            )
+    quantizations = _tflite_modes(export_lib)
+    if quantizations:
         if "int8" in quantizations and not FLAGS.dataset:
             raise app.UsageError(
                 "--tflite int8 calibrates on real images: give --dataset "
@@ -523,7 +549,7 @@ def export(argv):
         raise app.UsageError(
             f"{version_dir} exists: give --overwrite or another --version."
         )
-    model = _model_for_export()
+    model = _model_from_flags()
     try:
         path = export_lib.save_for_serving(
             model, FLAGS.output, version=FLAGS.version, top_k=FLAGS.top_k,
@@ -595,9 +621,72 @@ def predict(argv):
     return 0
 
 
+def visualize(argv):
+    """Draws one of keras_mixer.visualize's figures of --model to --output."""
+    from keras_mixer import layers as mixer_layers
+    from keras_mixer import visualize as visualize_lib
+
+    if not FLAGS.output or not FLAGS.output.lower().endswith(".png"):
+        raise app.UsageError(
+            f"visualize needs --output ending in .png, got {FLAGS.output!r}."
+        )
+    model = _model_from_flags()
+    figure = FLAGS.figure
+    if figure == "auto":
+        is_resmlp = any(
+            isinstance(layer, mixer_layers.ResMLPBlock) for layer in model.layers
+        )
+        figure = "cross_patch" if is_resmlp else "token_mixing"
+    function = visualize_lib.FIGURES[figure]
+    kwargs = {"block": FLAGS.block} if figure in ("token_mixing",
+                                                  "cross_patch") else {}
+    directory = os.path.dirname(os.path.abspath(FLAGS.output))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        function(model, output=FLAGS.output, **kwargs)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    print(f"wrote {FLAGS.output} ({figure}, {model.name})")
+    return 0
+
+
+def benchmark(argv):
+    """Images/s, GFLOP/s and the fraction of the matmul rate (and timm)."""
+    import shlex
+
+    from keras_mixer import benchmark as benchmark_lib
+
+    name = FLAGS.model or "MixerB16"
+    batch_size = FLAGS.batch_size or 32
+    image_size = FLAGS.image_size or 224
+    precisions = FLAGS.precision or "float32"
+    try:  # every argument checked before any measurement
+        benchmark_lib.check_arguments(name, batch_size, image_size, precisions,
+                                      FLAGS.mode, FLAGS.steps, FLAGS.warmup)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    tflite = False
+    if FLAGS.tflite:
+        from keras_mixer import export as export_lib
+
+        tflite = _tflite_modes(export_lib)
+        tflite = ["none"] + [q for q in tflite if q != "none"]
+    jit_compile = {"auto": None, "true": True, "false": False}[FLAGS.jit_compile]
+    rows, machine = benchmark_lib.run(
+        name, batch_size=batch_size, image_size=image_size,
+        precisions=precisions, modes=FLAGS.mode, steps=FLAGS.steps,
+        warmup=FLAGS.warmup, timm=FLAGS.timm, jit_compile=jit_compile,
+        tflite=tflite, command=shlex.join(["keras-mixer"] + sys.argv[1:]),
+        inputs=FLAGS.inputs,
+    )
+    print(benchmark_lib.format_markdown(rows, machine))
+    return 0
+
+
 COMMANDS = {"summary": summary, "weights": weights, "convert": convert,
             "train": train, "evaluate": evaluate, "demo": demo,
-            "export": export, "predict": predict}
+            "export": export, "predict": predict, "visualize": visualize,
+            "benchmark": benchmark}
 # Commands that take positional arguments (image files).
 POSITIONAL = ("predict",)
 

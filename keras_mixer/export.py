@@ -431,8 +431,8 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop"):
             for i in range(len(paths)):
                 idx = out["top_k_indices"][i].numpy()
                 scores = out["top_k_scores"][i].numpy()
-                label = (names[i].numpy().astype(str) if names is not None
-                         else [str(j) for j in idx])
+                label = ([str(n) for n in names[i].numpy().astype(str)]
+                         if names is not None else [str(j) for j in idx])
                 results.append(list(zip(label, scores.tolist(), idx.tolist())))
             return results
 

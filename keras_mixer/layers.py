@@ -21,6 +21,41 @@ from keras import ops
 _PACKAGE = "keras_mixer"
 
 
+def _bias_add(x, bias):
+    """`x + bias` over the last axis.
+
+    On TensorFlow this is `tf.nn.bias_add`: its graph optimizer fuses MatMul,
+    BiasAdd and GELU into one oneDNN kernel, which it does not do for a
+    broadcast AddV2 (see BENCHMARKS.md). Other backends add.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.nn.bias_add(x, bias)
+    return ops.add(x, bias)
+
+
+def dense_2d(x, kernel, bias, gelu=None, dtype=None):
+    """`x @ kernel + bias` over the last axis, then GELU if `gelu` is a bool
+    (its `approximate`), computed as one 2-D matmul of `(-1, in)` rows.
+
+    Same numbers as `keras.layers.Dense` on `x`; the 2-D form with a separate
+    bias add is what lets XLA-less TensorFlow fuse the three ops. `dtype`:
+    the compute dtype the variables are cast to (default: `x`'s).
+    """
+    dtype = dtype or x.dtype
+    kernel = ops.cast(kernel, dtype)
+    units = kernel.shape[-1]
+    rows = ops.reshape(x, (-1, x.shape[-1]))
+    y = _bias_add(ops.matmul(rows, kernel), ops.cast(bias, dtype))
+    if gelu is not None:
+        y = ops.gelu(y, approximate=gelu)
+    leading = [d if d is not None else -1 for d in x.shape[:-1]]
+    if leading.count(-1) > 1:
+        leading = list(ops.shape(x)[:-1])
+    return ops.reshape(y, tuple(leading) + (units,))
+
+
 def _check_positive(name, value, layer):
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(
@@ -158,8 +193,9 @@ class TokenDense(keras.layers.Layer):
 
     `y[b, s, c] = sum_t x[b, t, c] * kernel[t, s] + bias[s]`: exactly
     `Dense(units)` applied to `x` with its last two axes swapped, then swapped
-    back, computed as one broadcast matmul `kernel^T @ x` without transposing the
-    activations. The kernel has Keras's `(in, out)` layout, `(tokens, units)`.
+    back (`dense_2d` between two transposes, which TensorFlow runs faster than
+    a broadcast matmul `kernel^T @ x`: see BENCHMARKS.md). The kernel has
+    Keras's `(in, out)` layout, `(tokens, units)`.
 
     Args:
         units: int, number of output tokens.
@@ -197,10 +233,10 @@ class TokenDense(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        kernel = ops.cast(self.kernel, inputs.dtype)
-        bias = ops.cast(self.bias, inputs.dtype)
-        outputs = ops.matmul(ops.transpose(kernel), inputs)
-        return outputs + ops.expand_dims(bias, -1)
+        # Tokens last, one 2-D matmul with a fusable bias add, tokens back.
+        x = ops.transpose(inputs, (0, 2, 1))
+        x = dense_2d(x, self.kernel, self.bias, dtype=self.compute_dtype)
+        return ops.transpose(x, (0, 2, 1))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-2]) + (self.units, input_shape[-1])
@@ -297,11 +333,21 @@ class MlpBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        x = self.fc1(inputs)
-        x = ops.gelu(x, approximate=self.approximate_gelu)
+        # fc1 -> GELU -> drop1 -> fc2 -> drop2, each dense as `dense_2d` on the
+        # sublayers' variables (the token MLP with tokens moved last once for
+        # both). Same numbers as calling the sublayers; faster on TensorFlow.
+        x = inputs
+        if self.axis == 1:
+            x = ops.transpose(x, (0, 2, 1))
+        dtype = self.compute_dtype
+        x = dense_2d(x, self.fc1.kernel, self.fc1.bias,
+                     gelu=self.approximate_gelu, dtype=dtype)
         x = self.drop1(x, training=training)
-        x = self.fc2(x)
-        return self.drop2(x, training=training)
+        x = dense_2d(x, self.fc2.kernel, self.fc2.bias, dtype=dtype)
+        x = self.drop2(x, training=training)
+        if self.axis == 1:
+            x = ops.transpose(x, (0, 2, 1))
+        return x
 
     def compute_output_shape(self, input_shape):
         return input_shape

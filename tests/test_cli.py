@@ -49,7 +49,10 @@ def test_summary_of_b16_at_224_reports_25_gflops():
     [
         (["summary", "--model=MixerZ9"], "Unknown --model 'MixerZ9'. Choose one of: MixerS32"),
         (["summary", "--model=MixerS32", "--image_size=50"], "not a multiple of the patch size 32"),
-        (["fly"], "Expected a command (summary, weights, convert, train, evaluate, demo, export, predict), got 'fly'"),
+        (["fly"], "Expected a command (summary, weights, convert, train, evaluate, demo, export, predict, visualize, benchmark), got 'fly'"),
+        (["visualize", "--model=MixerS32", "--output=units.jpg"], "visualize needs --output ending in .png"),
+        (["benchmark", "--model=MixerB16", "--image_size=200"], "image_size 200 is not a multiple of MixerB16's patch size 16: use 192 or 208"),
+        (["benchmark", "--precision=float64"], "Unknown precision 'float64'; use one or more of float32, bfloat16"),
         ([], "Expected a command"),
     ],
 )

@@ -198,3 +198,24 @@ def test_mixer_block_layer_norms_are_separate():
 def test_layer_argument_errors(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_tensorflow_graph_of_an_mlp_is_2d_matmul_and_bias_add(axis):
+    """The lever measured in BENCHMARKS.md: each dense layer traces to a 2-D
+    MatMul and a BiasAdd (which grappler fuses with the GELU), never to a
+    broadcast BatchMatMul with an AddV2 bias."""
+    block = L.MlpBlock(8, axis=axis)
+    x = tf.zeros((2, 6, 4))
+    block(x)
+    graph = tf.function(lambda x: block(x)).get_concrete_function(x).graph
+    types = [op.type for op in graph.get_operations()]
+    assert types.count("MatMul") == 2 and types.count("BiasAdd") == 2
+    assert "BatchMatMulV2" not in types
+
+
+def test_mixed_bfloat16_block_computes_in_bfloat16():
+    block = L.MixerBlock(4, 8, dtype="mixed_bfloat16")
+    y = block(RNG.normal(size=TOKENS).astype("float32"))
+    assert y.dtype == "bfloat16"
+    assert block.token_mixing.fc1.kernel.dtype == "float32"

@@ -315,3 +315,10 @@ def test_distillation_from_a_teacher_file(tmp_path):
     bad = recipes.get_config("demo", epochs=1, teacher=str(tmp_path / "none.keras"))
     with pytest.raises(train.InputError, match="Teacher model .* does not exist"):
         train.train(bad, str(tmp_path / "run2"))
+
+
+def test_a_keras_file_as_the_model_is_refused_with_the_way_forward(tmp_path):
+    config = recipes.get_config("demo", epochs=1, model=str(tmp_path / "m.keras"))
+    with pytest.raises(train.InputError, match="resize_token_mixing .* fit"):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.json").exists()

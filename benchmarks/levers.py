@@ -1,0 +1,138 @@
+"""One lever at a time: the same model under each implementation, measured
+interleaved in one process (A B C A B C ...) so that machine drift hits every
+variant alike. Reports the median images/s of each variant and its ratio to
+the baseline.
+
+    python benchmarks/levers.py --model MixerB16 --precision float32 --mode infer
+    python benchmarks/levers.py --model MixerB16 --precision bfloat16 --mode infer
+    python benchmarks/levers.py --model MixerB16 --precision float32 --mode train
+
+Variants:
+- baseline: the layers as they were before the fused-dense change (git
+  7ba26b7): `MlpBlock` calls its `Dense` sublayers on the 3-D token table, and
+  `TokenDense` is a broadcast matmul `kernel^T @ x` plus a broadcast bias add.
+- fused_dense: the current layers (`keras_mixer.layers.dense_2d`: one 2-D
+  matmul per dense layer and, on TensorFlow, `tf.nn.bias_add`, which the
+  grappler remapper fuses with the matmul and the GELU).
+- fused_dense_xla: the current layers with `jit_compile=True`.
+"""
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+import keras_mixer
+from keras_mixer import benchmark
+from keras_mixer import layers
+
+
+def _baseline_mlp_call(self, inputs, training=None):
+    x = self.fc1(inputs)
+    x = ops.gelu(x, approximate=self.approximate_gelu)
+    x = self.drop1(x, training=training)
+    x = self.fc2(x)
+    return self.drop2(x, training=training)
+
+
+def _baseline_token_dense_call(self, inputs):
+    kernel = ops.cast(self.kernel, inputs.dtype)
+    bias = ops.cast(self.bias, inputs.dtype)
+    outputs = ops.matmul(ops.transpose(kernel), inputs)
+    return outputs + ops.expand_dims(bias, -1)
+
+
+@contextlib.contextmanager
+def baseline_layers():
+    """The pre-change `call`s of MlpBlock and TokenDense, restored on exit."""
+    saved = layers.MlpBlock.call, layers.TokenDense.call
+    layers.MlpBlock.call = _baseline_mlp_call
+    layers.TokenDense.call = _baseline_token_dense_call
+    try:
+        yield
+    finally:
+        layers.MlpBlock.call, layers.TokenDense.call = saved
+
+
+VARIANTS = {
+    "baseline": (baseline_layers, None),
+    "fused_dense": (contextlib.nullcontext, None),
+    "fused_dense_xla": (contextlib.nullcontext, True),
+}
+
+
+def _step_function(name, args, x, y):
+    """A callable running one timed batch of variant `name`."""
+    patch, jit_compile = VARIANTS[name]
+    with patch():
+        model = keras_mixer.MODELS[args.model](
+            weights=None, input_shape=x.shape[1:])
+        if args.mode == "infer":
+            if jit_compile is not None:
+                model.jit_compile = jit_compile
+            model.predict(x, batch_size=len(x), verbose=0)  # trace
+            return model, lambda: model.predict(x, batch_size=len(x), verbose=0)
+        model.compile(optimizer=keras.optimizers.AdamW(**benchmark.ADAMW),
+                      loss="categorical_crossentropy",
+                      jit_compile=jit_compile or "auto")
+        model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)  # trace
+        return model, lambda: model.fit(x, y, batch_size=len(x), epochs=1,
+                                        verbose=0, shuffle=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="MixerB16")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--precision", default="float32",
+                        choices=benchmark.PRECISIONS)
+    parser.add_argument("--mode", default="infer", choices=benchmark.MODES)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    benchmark.check_arguments(args.model, args.batch_size, args.image_size,
+                              args.precision, args.mode)
+    if args.precision == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch_size, args.image_size, args.image_size, 3),
+                   dtype=np.float32) * 255
+    y = np.eye(1000, dtype="float32")[rng.integers(0, 1000, args.batch_size)]
+    steps = {}
+    for name in names:
+        patch, _ = VARIANTS[name]
+        with patch():  # the traced graph keeps the variant's calls
+            _, steps[name] = _step_function(name, args, x, y)
+    times = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:
+            with VARIANTS[name][0]():
+                start = time.perf_counter()
+                steps[name]()
+                times[name].append(time.perf_counter() - start)
+    rate = benchmark.matmul_rate(args.precision)
+    flops = keras_mixer.count_flops(keras_mixer.MODELS[args.model](
+        weights=None, input_shape=x.shape[1:]))
+    flops *= 3 if args.mode == "train" else 1
+    base = None
+    print(f"{args.model} {args.precision} {args.mode}, batch {args.batch_size}"
+          f" at {args.image_size}, {args.rounds} interleaved rounds; matmul "
+          f"rate {rate:.1f} GFLOP/s")
+    print("| variant | median images/s | GFLOP/s | of matmul | vs baseline |")
+    print("|---|---:|---:|---:|---:|")
+    for name in names:
+        ips = args.batch_size / statistics.median(times[name])
+        base = base or ips
+        gflops = ips * flops / 1e9
+        print(f"| {name} | {ips:.2f} | {gflops:.1f} | {gflops / rate:.0%} | "
+              f"{ips / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
