@@ -188,13 +188,7 @@ def patch_size_of(model_name):
     if model_name == "demo":
         return DEMO_MODEL["patch_size"]
     if model_name.endswith(".keras"):
-        raise ValueError(
-            f"train builds a named model (demo, MixerB16, ...), not a .keras "
-            f"file ({model_name}). To go on training a saved model, load it, "
-            "resize its token mixing with keras_mixer.resize_token_mixing if "
-            "the resolution changes, and call fit, as in "
-            "notebooks/02_finetune.ipynb."
-        )
+        return None  # evaluate takes saved models; train refuses them
     if model_name not in keras_mixer.MODELS:
         raise ValueError(
             f"Unknown model {model_name!r}. Choose one of: demo, "
@@ -328,6 +322,14 @@ def _prepare(config, output_dir, strategy, tpu, devices):
     """
     from keras_mixer import data
 
+    if config["model"].endswith(".keras"):
+        raise ValueError(
+            f"train builds a named model (demo, MixerB16, ...), not a .keras "
+            f"file ({config['model']}). To go on training a saved model, load "
+            "it, resize its token mixing with keras_mixer.resize_token_mixing "
+            "if the resolution changes, and call fit, as in "
+            "notebooks/02_finetune.ipynb."
+        )
     check_inputs(config)
     backend = keras.backend.backend()
     distribution = tf_strategy = None
