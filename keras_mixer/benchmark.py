@@ -70,19 +70,9 @@ _now = time.perf_counter
 
 
 def _patch_size(model_name):
-    """Patch size of a named variant; None for a name in `MODELS` that has no
-    config table entry (its builder checks the size itself)."""
-    from keras_mixer import mixer
-    from keras_mixer import resmlp
-
-    if model_name.startswith("Mixer"):
-        key = model_name[len("Mixer"):]
-        config = mixer.MODEL_CONFIGS.get(f"{key[:1]}/{key[1:]}")
-    elif model_name.startswith("ResMLP"):
-        config = resmlp.MODEL_CONFIGS.get(model_name[len("ResMLP"):])
-    else:
-        config = None
-    return config and config["patch_size"]
+    """Patch size of a named variant; None for a constructor without one
+    (its builder checks the size itself)."""
+    return getattr(keras_mixer.MODELS[model_name], "patch_size", None)
 
 
 def _check_positive(name, value, minimum=1):

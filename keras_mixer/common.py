@@ -479,6 +479,8 @@ def make_variant(builder, config, function, default_name, docstring_fields):
         )
 
     constructor.__name__ = constructor.__qualname__ = function
+    # Read by train and benchmark to check an image size before any work.
+    constructor.patch_size = config["patch_size"]
     constructor.__doc__ = VARIANT_DOCSTRING.format(
         function=function, generic=builder.__name__, **config, **docstring_fields
     )

@@ -182,8 +182,6 @@ class Throughput(keras.callbacks.Callback):
 def patch_size_of(model_name):
     """The patch size of a named model, or a ValueError listing the names."""
     import keras_mixer
-    from keras_mixer import mixer
-    from keras_mixer import resmlp
 
     if model_name == "demo":
         return DEMO_MODEL["patch_size"]
@@ -194,14 +192,7 @@ def patch_size_of(model_name):
             f"Unknown model {model_name!r}. Choose one of: demo, "
             f"{', '.join(keras_mixer.MODELS)}."
         )
-    for prefix, table in (("Mixer", mixer.MODEL_CONFIGS),
-                          ("ResMLP", resmlp.MODEL_CONFIGS)):
-        if model_name.startswith(prefix):
-            key = model_name[len(prefix):]
-            if prefix == "Mixer":
-                key = f"{key[0]}/{key[1:]}"
-            return table[key]["patch_size"]
-    raise AssertionError(model_name)
+    return keras_mixer.MODELS[model_name].patch_size
 
 
 def check_inputs(config):
