@@ -1,4 +1,7 @@
-"""Layers of MLP-Mixer and ResMLP, written with `keras.ops` only.
+"""Layers of MLP-Mixer and ResMLP, written with `keras.ops`.
+
+The one backend branch is `_bias_add`: `tf.nn.bias_add` on TensorFlow (a
+fusion its graph optimizer needs, see BENCHMARKS.md), a plain add elsewhere.
 
 Every layer here runs unchanged on the TensorFlow, JAX and PyTorch backends, is
 registered for serialization under the `keras_mixer` package and round-trips
