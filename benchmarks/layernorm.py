@@ -1,6 +1,6 @@
 """LayerNorm of (32, 196, 768): Keras, moments, by hand, fused batch norm;
-then by hand with float32 statistics, and the same inside a nested XLA
-function.
+then by hand with float32 statistics, the same inside a nested XLA function,
+and last the two layers: Keras's LayerNormalization and keras_mixer's LayerNorm.
 
     python benchmarks/layernorm.py        # float32
     python benchmarks/layernorm.py bf16
@@ -48,3 +48,14 @@ for f in (keras_ln, manual32, nested):
     for _ in range(9):
         t=time.perf_counter(); h(x).numpy(); best=min(best,time.perf_counter()-t)
     print(f"again {dt.name} {f.__name__:10s} {best*1e3:6.2f} ms")
+# The layers themselves: Keras's LayerNormalization against
+# keras_mixer.layers.LayerNorm (the manual32 form in keras.ops), same policy.
+from keras_mixer.layers import LayerNorm
+policy = "mixed_bfloat16" if dt == tf.bfloat16 else "float32"
+for cls in (keras.layers.LayerNormalization, LayerNorm):
+    layer = cls(epsilon=1e-6, dtype=policy); layer.build((B, T, C))
+    h = tf.function(lambda x: layer(x))
+    h(x).numpy(); best = 1e9
+    for _ in range(9):
+        t = time.perf_counter(); h(x).numpy(); best = min(best, time.perf_counter() - t)
+    print(f"layer {dt.name} {cls.__name__:20s} {best*1e3:6.2f} ms")

@@ -11,10 +11,18 @@ Variants:
 - baseline: the layers as they were before the fused-dense change (git
   7ba26b7): `MlpBlock` calls its `Dense` sublayers on the 3-D token table, and
   `TokenDense` is a broadcast matmul `kernel^T @ x` plus a broadcast bias add.
-- fused_dense: the current layers (`keras_mixer.layers.dense_2d`: one 2-D
-  matmul per dense layer and, on TensorFlow, `tf.nn.bias_add`, which the
-  grappler remapper fuses with the matmul and the GELU).
+  LayerNorm is Keras's `LayerNormalization`.
+- fused_dense: `keras_mixer.layers.dense_2d` (one 2-D matmul per dense layer
+  and, on TensorFlow, `tf.nn.bias_add`, which the grappler remapper fuses
+  with the matmul and the GELU), still with Keras's `LayerNormalization`
+  (git 3928d69).
+- fused_dense_layernorm: the current layers, fused dense and
+  `keras_mixer.layers.LayerNorm` (statistics in float32, fewer passes).
 - fused_dense_xla: the current layers with `jit_compile=True`.
+
+Each timed call runs `--batches` batches from a `tf.data.Dataset`, so that a
+call's fixed cost is spread as in `keras-mixer benchmark` (`--batches 1` gives
+the one-batch figures of the first BENCHMARKS.md lever table).
 """
 
 import argparse
@@ -47,41 +55,59 @@ def _baseline_token_dense_call(self, inputs):
 
 
 @contextlib.contextmanager
+def keras_layer_norm():
+    """Keras's `LayerNormalization.call` in `LayerNorm`, restored on exit."""
+    saved = layers.LayerNorm.call
+    layers.LayerNorm.call = keras.layers.LayerNormalization.call
+    try:
+        yield
+    finally:
+        layers.LayerNorm.call = saved
+
+
+@contextlib.contextmanager
 def baseline_layers():
-    """The pre-change `call`s of MlpBlock and TokenDense, restored on exit."""
+    """The pre-change `call`s of MlpBlock, TokenDense and the LayerNorm,
+    restored on exit."""
     saved = layers.MlpBlock.call, layers.TokenDense.call
     layers.MlpBlock.call = _baseline_mlp_call
     layers.TokenDense.call = _baseline_token_dense_call
     try:
-        yield
+        with keras_layer_norm():
+            yield
     finally:
         layers.MlpBlock.call, layers.TokenDense.call = saved
 
 
 VARIANTS = {
     "baseline": (baseline_layers, None),
-    "fused_dense": (contextlib.nullcontext, None),
+    "fused_dense": (keras_layer_norm, None),
+    "fused_dense_layernorm": (contextlib.nullcontext, None),
     "fused_dense_xla": (contextlib.nullcontext, True),
 }
 
 
 def _step_function(name, args, x, y):
-    """A callable running one timed batch of variant `name`."""
+    """A callable running one timed call (`args.batches` batches) of
+    variant `name`."""
+    import tensorflow as tf
+
     patch, jit_compile = VARIANTS[name]
+    images = tf.data.Dataset.from_tensors(x).repeat(args.batches)
+    pairs = tf.data.Dataset.from_tensors((x, y)).repeat(args.batches)
     with patch():
         model = keras_mixer.MODELS[args.model](
             weights=None, input_shape=x.shape[1:])
         if args.mode == "infer":
             if jit_compile is not None:
                 model.jit_compile = jit_compile
-            model.predict(x, batch_size=len(x), verbose=0)  # trace
-            return model, lambda: model.predict(x, batch_size=len(x), verbose=0)
+            model.predict(images, verbose=0)  # trace
+            return model, lambda: model.predict(images, verbose=0)
         model.compile(optimizer=keras.optimizers.AdamW(**benchmark.ADAMW),
                       loss="categorical_crossentropy",
                       jit_compile=jit_compile or "auto")
-        model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)  # trace
-        return model, lambda: model.fit(x, y, batch_size=len(x), epochs=1,
-                                        verbose=0, shuffle=False)
+        model.fit(pairs, epochs=1, verbose=0)  # trace
+        return model, lambda: model.fit(pairs, epochs=1, verbose=0)
 
 
 def main():
@@ -93,6 +119,7 @@ def main():
                         choices=benchmark.PRECISIONS)
     parser.add_argument("--mode", default="infer", choices=benchmark.MODES)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     names = args.variants.split(",")
@@ -122,12 +149,13 @@ def main():
     flops *= 3 if args.mode == "train" else 1
     base = None
     print(f"{args.model} {args.precision} {args.mode}, batch {args.batch_size}"
-          f" at {args.image_size}, {args.rounds} interleaved rounds; matmul "
+          f" at {args.image_size}, {args.batches} batches per call, "
+          f"{args.rounds} interleaved rounds; matmul "
           f"rate {rate:.1f} GFLOP/s")
     print("| variant | median images/s | GFLOP/s | of matmul | vs baseline |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
-        ips = args.batch_size / statistics.median(times[name])
+        ips = args.batch_size * args.batches / statistics.median(times[name])
         base = base or ips
         gflops = ips * flops / 1e9
         print(f"| {name} | {ips:.2f} | {gflops:.1f} | {gflops / rate:.0%} | "

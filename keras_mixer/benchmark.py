@@ -28,6 +28,7 @@ import importlib.metadata
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 import types
@@ -244,29 +245,50 @@ def _dtype_policy(precision):
 
 
 class _StepTimer(keras.callbacks.Callback):
-    """Times batches `first` .. `last` of one `fit` call: from the start of
-    `first` to the end of `last`. Keras turns the logs into Python floats
-    before each batch hook (a callback with batch hooks also turns off its
-    asynchronous dispatch), so every hook runs after its step has finished."""
+    """Times batches `first` .. `last` of one `fit` or `predict` call, each
+    from its batch-begin to its batch-end hook, and the whole span from the
+    start of `first` to the end of `last`. Keras turns the logs into Python
+    floats before each batch hook (a callback with batch hooks also turns off
+    its asynchronous dispatch), so every hook runs after its step has
+    finished."""
 
     def __init__(self, first, last):
         super().__init__()
         self.first, self.last = first, last
-        self.start = self.stop = None
+        self.start = self.stop = self._begin = None
+        self.durations = []
 
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == self.first:
-            self.start = _now()
+        if self.first <= batch <= self.last:
+            self._begin = _now()
+            if batch == self.first:
+                self.start = self._begin
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == self.last:
-            self.stop = _now()
+        if self.first <= batch <= self.last:
+            end = _now()
+            self.durations.append(end - self._begin)
+            if batch == self.last:
+                self.stop = end
+
+    on_predict_batch_begin = on_train_batch_begin
+    on_predict_batch_end = on_train_batch_end
+
+    def _check(self):
+        if self.start is None or self.stop is None:
+            raise RuntimeError("fit/predict did not run the timed batches.")
 
     @property
     def seconds(self):
-        if self.start is None or self.stop is None:
-            raise RuntimeError("fit did not run the timed batches.")
+        """From the start of batch `first` to the end of batch `last`."""
+        self._check()
         return self.stop - self.start
+
+    @property
+    def median(self):
+        """The median time of one timed batch."""
+        self._check()
+        return statistics.median(self.durations)
 
 
 def _batches(x, y, batch_size, inputs):
@@ -287,14 +309,18 @@ def keras_throughput(model_name, batch_size=32, image_size=224,
                      jit_compile=None, inputs="dataset"):
     """Images per second of a keras_mixer model through the public API.
 
-    infer: `model.predict(x, batch_size=batch_size, verbose=0)` on
-    `steps * batch_size` random images, after an untimed predict of `warmup`
-    batches (tracing and compilation).
+    infer: one `model.predict(x, verbose=0)` over `warmup + steps` batches
+    of random images.
     train: `model.compile(optimizer=keras.optimizers.AdamW(...),
     loss="categorical_crossentropy")` and one `model.fit` over
-    `warmup + steps` batches of random images and one-hot labels; a callback
-    times the last `steps` (with `warmup=0` the first step's compilation
-    counts too).
+    `warmup + steps` batches of random images and one-hot labels.
+
+    In both, a callback times each of the last `steps` batches from its
+    batch-begin to its batch-end hook (the data fetch included), and
+    images/s is `batch_size` over the median of those times: the first
+    `warmup` batches take the tracing and warm-up, and the median ignores the
+    stalls of several seconds, with the cores idle, that this project's
+    shared 2-core VM showed now and then (BENCHMARKS.md).
 
     Args:
         model_name: a key of `keras_mixer.MODELS`; built with `weights=None`.
@@ -316,8 +342,9 @@ def keras_throughput(model_name, batch_size=32, image_size=224,
             the same batches as a dataset (BENCHMARKS.md).
 
     Returns:
-        A dict: images_per_s, seconds (of the timed batches), jit_compile (the
-        value Keras used), flops_per_image (forward, `count_flops`).
+        A dict: images_per_s, seconds (from the start of the first timed
+        batch to the end of the last), jit_compile (the value Keras used),
+        flops_per_image (forward, `count_flops`).
     """
     check_arguments(model_name, batch_size, image_size, precision, mode,
                     steps, warmup)
@@ -328,20 +355,14 @@ def keras_throughput(model_name, batch_size=32, image_size=224,
         if mode == "infer":
             if jit_compile is not None:
                 model.jit_compile = jit_compile
-            x = _images(rng, max(steps, warmup) * batch_size, image_size)
-
-            def predict(n):
-                data = _batches(x[:n], None, batch_size, inputs)
-                if data is None:
-                    model.predict(x[:n], batch_size=batch_size, verbose=0)
-                else:
-                    model.predict(data, verbose=0)
-
-            if warmup:
-                predict(warmup * batch_size)
-            start = _now()
-            predict(steps * batch_size)
-            seconds = _now() - start
+            x = _images(rng, (warmup + steps) * batch_size, image_size)
+            timer = _StepTimer(warmup, warmup + steps - 1)
+            data = _batches(x, None, batch_size, inputs)
+            if data is None:
+                model.predict(x, batch_size=batch_size, verbose=0,
+                              callbacks=[timer])
+            else:
+                model.predict(data, verbose=0, callbacks=[timer])
         else:
             options = {} if jit_compile is None else {"jit_compile": jit_compile}
             model.compile(optimizer=keras.optimizers.AdamW(**ADAMW),
@@ -357,10 +378,9 @@ def keras_throughput(model_name, batch_size=32, image_size=224,
                           verbose=0, callbacks=[timer])
             else:
                 model.fit(data, epochs=1, verbose=0, callbacks=[timer])
-            seconds = timer.seconds
     return dict(
-        images_per_s=steps * batch_size / seconds,
-        seconds=seconds,
+        images_per_s=batch_size / timer.median,
+        seconds=timer.seconds,
         jit_compile=bool(model.jit_compile),
         inputs=inputs,
         flops_per_image=keras_mixer.count_flops(model),
@@ -506,7 +526,8 @@ def timm_throughput(model_name, batch_size=32, image_size=224,
     infer: `torch.inference_mode()`, `steps` batches after `warmup`.
     train: AdamW step (same learning rate and weight decay as the Keras
     rows) on cross-entropy. bfloat16: `torch.autocast` of the model's device
-    type around the forward pass (and the loss).
+    type around the forward pass (and the loss). images/s is `batch_size`
+    over the median time of the `steps` timed steps, as for Keras.
 
     Returns:
         A dict: images_per_s, seconds, timm_name, timm_torchvision_stub.
@@ -520,7 +541,7 @@ def timm_throughput(model_name, batch_size=32, image_size=224,
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                 if precision == "bfloat16" else contextlib.nullcontext())
     torch.manual_seed(0)
-    n = max(steps, warmup) * batch_size
+    n = (warmup + steps) * batch_size
     x = torch.randn(n, 3, image_size, image_size, device=device)
     y = torch.randint(0, model.num_classes, (n,), device=device)
 
@@ -551,11 +572,13 @@ def timm_throughput(model_name, batch_size=32, image_size=224,
 
     for i in range(warmup):
         step(i)
-    start = _now()
+    durations = []
     for i in range(steps):
-        step(i)
-    seconds = _now() - start
-    return dict(images_per_s=steps * batch_size / seconds, seconds=seconds,
+        start = _now()
+        step(warmup + i)
+        durations.append(_now() - start)
+    return dict(images_per_s=batch_size / statistics.median(durations),
+                seconds=sum(durations),
                 timm_name=TIMM_NAMES[model_name],
                 timm_torchvision_stub=torchvision_is_stub())
 
@@ -847,6 +870,10 @@ def format_markdown(rows, machine, command=None):
             f"- Keras inputs: {machine['keras_inputs']} (dataset: a "
             "tf.data.Dataset of the batches; numpy: the arrays, through "
             "Keras's array adapter)")
+    lines.append("- images/s: the batch size over the median time of the "
+                 "timed batches (each Keras batch from its batch-begin to its "
+                 "batch-end callback, each timm step around the call), after "
+                 "the warm-up batches.")
     lines.append("- GFLOP/s: keras_mixer.count_flops per image (x3 for a "
                  "training step) x images/s; \"of matmul\": over the Keras "
                  "backend's matmul rate of the same dtype.")

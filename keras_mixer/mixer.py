@@ -116,7 +116,7 @@ def MLPMixer(
 
     return common.build_model(
         trunk=trunk,
-        pre_head_norm=keras.layers.LayerNormalization(
+        pre_head_norm=mixer_layers.LayerNorm(
             epsilon=layer_norm_epsilon, name="pre_head_norm"
         ),
         patch_size=patch_size,

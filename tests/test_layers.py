@@ -1,11 +1,21 @@
 """Each layer on its own: shapes, config round trip, gradients, semantics."""
 
+import importlib.util
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_mixer import layers as L
+
+_spec = importlib.util.spec_from_file_location(
+    "_keras_mixer_tests_reference",
+    os.path.join(os.path.dirname(__file__), "reference.py"),
+)
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
 
 RNG = np.random.default_rng(0)
 TOKENS = (2, 6, 8)  # batch, tokens, channels
@@ -19,6 +29,7 @@ LAYER_CASES = {
     "MlpBlock_channels": (lambda: L.MlpBlock(16, axis=-1), TOKENS),
     "MlpBlock_tokens": (lambda: L.MlpBlock(4, axis=1, dropout_rate=0.1), TOKENS),
     "DropPath": (lambda: L.DropPath(0.3, seed=1), TOKENS),
+    "LayerNorm": (lambda: L.LayerNorm(), TOKENS),
     "MixerBlock": (lambda: L.MixerBlock(4, 16, drop_path_rate=0.1), TOKENS),
     "Affine": (lambda: L.Affine(), TOKENS),
     "LayerScale": (lambda: L.LayerScale(0.1), TOKENS),
@@ -219,3 +230,45 @@ def test_mixed_bfloat16_block_computes_in_bfloat16():
     y = block(RNG.normal(size=TOKENS).astype("float32"))
     assert y.dtype == "bfloat16"
     assert block.token_mixing.fc1.kernel.dtype == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_layer_norm_matches_the_float64_equation(dtype):
+    """Statistics in float32 even under mixed_bfloat16: the only error left
+    is the output's rounding to bfloat16 (2^-8 relative)."""
+    x = (RNG.normal(size=(3, 5, 64)) * 4 + 30).astype("float32")
+    layer = L.LayerNorm(dtype=dtype)
+    layer.build(x.shape)
+    gamma = RNG.normal(size=64).astype("float32")
+    beta = RNG.normal(size=64).astype("float32")
+    layer.set_weights([gamma, beta])
+    inputs = keras.ops.cast(x, layer.compute_dtype)
+    want = reference.layer_norm(keras.ops.convert_to_numpy(
+        keras.ops.cast(inputs, "float32")), gamma, beta)
+    got = keras.ops.convert_to_numpy(
+        keras.ops.cast(layer(inputs), "float32")).astype("float64")
+    assert layer(inputs).dtype == layer.compute_dtype
+    if dtype == "float32":
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_allclose(got, want, rtol=2**-8, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"axis": 1}, {"center": False}, {"scale": False}],
+)
+def test_layer_norm_equals_keras_layer_normalization(kwargs):
+    """The fast form and the Keras fallbacks give Keras's numbers."""
+    x = (RNG.normal(size=TOKENS) * 2 - 1).astype("float32")
+    ours = L.LayerNorm(**kwargs)
+    keras_ln = keras.layers.LayerNormalization(epsilon=1e-6, **kwargs)
+    ours.build(x.shape)
+    keras_ln.build(x.shape)
+    weights = [RNG.normal(size=w.shape).astype("float32")
+               for w in keras_ln.get_weights()]
+    ours.set_weights(weights)
+    keras_ln.set_weights(weights)
+    assert [w.path.split("/")[-1] for w in ours.weights] == [
+        w.path.split("/")[-1] for w in keras_ln.weights]
+    np.testing.assert_allclose(ours(x), keras_ln(x), rtol=1e-5, atol=1e-5)
