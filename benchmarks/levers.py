@@ -1,7 +1,7 @@
 """One lever at a time: the same model under each implementation, measured
 interleaved in one process (A B C A B C ...) so that machine drift hits every
 variant alike. Reports the median images/s of each variant and its ratio to
-the baseline.
+the first variant listed in `--variants`.
 
     python benchmarks/levers.py --model MixerB16 --precision float32 --mode infer
     python benchmarks/levers.py --model MixerB16 --precision bfloat16 --mode infer
@@ -18,7 +18,8 @@ Variants:
   (git 3928d69).
 - fused_dense_layernorm: the current layers, fused dense and
   `keras_mixer.layers.LayerNorm` (statistics in float32, fewer passes).
-- fused_dense_xla: the current layers with `jit_compile=True`.
+- fused_dense_xla: the current layers with `jit_compile=True` (with
+  `LayerNorm` since it exists; BENCHMARKS.md's first lever table predates it).
 
 Each timed call runs `--batches` batches from a `tf.data.Dataset`, so that a
 call's fixed cost is spread as in `keras-mixer benchmark` (`--batches 1` gives
@@ -152,7 +153,7 @@ def main():
           f" at {args.image_size}, {args.batches} batches per call, "
           f"{args.rounds} interleaved rounds; matmul "
           f"rate {rate:.1f} GFLOP/s")
-    print("| variant | median images/s | GFLOP/s | of matmul | vs baseline |")
+    print(f"| variant | median images/s | GFLOP/s | of matmul | vs {names[0]} |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
         ips = args.batch_size * args.batches / statistics.median(times[name])

@@ -5,8 +5,9 @@ Part 1, is there a fixed cost per call? One batch through a tf.function,
 batches; each the best of 2 calls after a warm-up call.
 
 Part 2, stalls: six `predict` calls over 2 (first call) then 5 batches;
-each batch timed from its batch-begin to its batch-end callback, plus the
-time before the first batch and after the `on_predict_end` hook. Run
+the time from `on_predict_begin` to the first batch's end, then from each
+batch end to the next, plus the time before `on_predict_begin`, from the
+last batch to `on_predict_end`, and from there until `predict` returns. Run
 `vmstat 2` beside it to see whether the cores are busy in the gaps.
 
     python benchmarks/predict_calls.py bf16
@@ -72,7 +73,7 @@ for i in range(6):
     done = time.perf_counter()
     batches = [round(b - a, 2) for a, b in zip(times.marks, times.marks[1:])]
     print(f"{sys.argv[1]} call {i}: total {done - start:.2f} s, dataset "
-          f"{made - start:.2f}, before the first batch "
+          f"{made - start:.2f}, before on_predict_begin "
           f"{times.marks[0] - made:.2f}, batches {batches}, "
           f"on_predict_end {times.end - times.marks[-1]:.2f} after the last, "
           f"return {done - times.end:.2f} after on_predict_end", flush=True)

@@ -316,11 +316,14 @@ def keras_throughput(model_name, batch_size=32, image_size=224,
     `warmup + steps` batches of random images and one-hot labels.
 
     In both, a callback times each of the last `steps` batches from its
-    batch-begin to its batch-end hook (the data fetch included), and
+    batch-begin to its batch-end hook (on TensorFlow and JAX the data fetch
+    falls inside; the PyTorch trainer fetches before the begin hook), and
     images/s is `batch_size` over the median of those times: the first
-    `warmup` batches take the tracing and warm-up, and the median ignores the
-    stalls of several seconds, with the cores idle, that this project's
-    shared 2-core VM showed now and then (BENCHMARKS.md).
+    `warmup` batches take the tracing and warm-up (with `warmup=0` the first
+    timed batch includes them, which moves the median when `steps <= 2`),
+    and the median ignores the stalls of several seconds, with the cores
+    idle, that this project's shared 2-core VM showed now and then
+    (BENCHMARKS.md).
 
     Args:
         model_name: a key of `keras_mixer.MODELS`; built with `weights=None`.
@@ -530,7 +533,8 @@ def timm_throughput(model_name, batch_size=32, image_size=224,
     over the median time of the `steps` timed steps, as for Keras.
 
     Returns:
-        A dict: images_per_s, seconds, timm_name, timm_torchvision_stub.
+        A dict: images_per_s, seconds (the sum of the timed steps),
+        timm_name, timm_torchvision_stub.
     """
     check_arguments(model_name, batch_size, image_size, precision, mode,
                     steps, warmup)

@@ -420,9 +420,10 @@ class DropPath(keras.layers.Layer):
 class LayerNorm(keras.layers.LayerNormalization):
     """`keras.layers.LayerNormalization` over the last axis, in fewer passes.
 
-    Same weights (`gamma`, `beta`), config and numbers as the Keras layer:
-    statistics and the affine step are computed in at least float32 and the
-    result is cast to the compute dtype. The Keras form,
+    Same weights (`gamma`, `beta`) and config as the Keras layer, and the
+    same numbers up to float32 rounding: statistics and the affine step are
+    computed in at least float32 and the result is cast to the compute
+    dtype. The Mixer blocks use it for `norm1` and `norm2`. The Keras form,
     `x * inv + (beta - mean * inv)` with `inv = gamma / sqrt(var + eps)`,
     touches the full tensor more often than `(x - mean) / sqrt(var + eps) *
     gamma + beta` written here. On B/16's activations this layer measured

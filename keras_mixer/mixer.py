@@ -116,7 +116,11 @@ def MLPMixer(
 
     return common.build_model(
         trunk=trunk,
-        pre_head_norm=mixer_layers.LayerNorm(
+        # Keras's class, not layers.LayerNorm: a functional model's
+        # .weights.h5 files name top-level layers by class, and files saved
+        # before LayerNorm existed hold this one under "layer_normalization".
+        # One norm per forward pass; the blocks' 2 x num_blocks use LayerNorm.
+        pre_head_norm=keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, name="pre_head_norm"
         ),
         patch_size=patch_size,

@@ -146,20 +146,21 @@ def test_matmul_rate_default_shape_is_mixer_b16_channel_mlp():
 
 @pytest.mark.parametrize("hook", ["train", "predict"])
 def test_step_timer_times_exactly_the_timed_batches(monkeypatch, hook):
-    # batch b begins at 10 b and ends at 10 b + 2 + b; batches 2 .. 4 timed.
+    # batch b begins at 100 b and lasts 2 + b^2; batches 2 .. 4 are timed:
+    # 6, 11, 18 (median 11, mean 11.67).
     clock_value = {}
     monkeypatch.setattr(benchmark, "_now", lambda: clock_value["t"])
     timer = benchmark._StepTimer(first=2, last=4)
     begin = getattr(timer, f"on_{hook}_batch_begin")
     end = getattr(timer, f"on_{hook}_batch_end")
     for batch in range(6):
-        clock_value["t"] = 10 * batch
+        clock_value["t"] = 100 * batch
         begin(batch)
-        clock_value["t"] = 10 * batch + 2 + batch
+        clock_value["t"] = 100 * batch + 2 + batch ** 2
         end(batch)
-    assert timer.durations == [4, 5, 6]
-    assert timer.median == 5
-    assert timer.seconds == 46 - 20
+    assert timer.durations == [6, 11, 18]
+    assert timer.median == 11
+    assert timer.seconds == 418 - 200
     with pytest.raises(RuntimeError, match="did not run the timed batches"):
         benchmark._StepTimer(first=2, last=9).seconds
 
@@ -181,18 +182,18 @@ def test_keras_throughput_counts_the_timed_images(monkeypatch, tiny, mode):
         on_predict_batch_begin = on_train_batch_begin
 
     monkeypatch.setattr(benchmark, "_StepTimer", RecordingTimer)
-    # On a clock advancing 1 s per reading, each timed batch lasts 1 s and
-    # the three timed batches span 5 s (begin 1 ... end 3).
-    monkeypatch.setattr(benchmark, "_now", FakeClock())
+    # The timed batches 1 .. 3 last 1, 5 and 2 s (each reads the clock at
+    # its begin and end hooks) and span 22 s: median 2 s, mean 2.67 s.
+    monkeypatch.setattr(benchmark, "_now", FakeClock([0, 1, 10, 15, 20, 22]))
     result = benchmark.keras_throughput(
         "MixerTiny", batch_size=2, image_size=32, mode=mode, steps=3, warmup=1)
     # One fit / predict call: 1 warmup batch, then batches 1 .. 3 timed.
     [timer] = timers
     assert timer.batches == [0, 1, 2, 3]
     assert (timer.first, timer.last) == (1, 3)
-    assert timer.durations == [1.0, 1.0, 1.0]
-    assert result["seconds"] == 5.0
-    assert result["images_per_s"] == 2 / 1.0
+    assert timer.durations == [1.0, 5.0, 2.0]
+    assert result["seconds"] == 22.0
+    assert result["images_per_s"] == 2 / 2.0
     assert result["flops_per_image"] == tiny_flops()
     assert result["jit_compile"] in (True, False)
 
@@ -304,12 +305,13 @@ def test_timm_model_is_keras_mixers_model_on_the_same_weights(tmp_path):
                                              ("bfloat16", "train")])
 def test_timm_throughput_counts_the_timed_images(monkeypatch, precision, mode):
     timm_or_skip()
-    monkeypatch.setattr(benchmark, "_now", FakeClock())
+    # Three timed steps of 1, 5 and 2 s (each reads the clock twice): the
+    # median is 2 s, the mean 2.67 s.
+    monkeypatch.setattr(benchmark, "_now", FakeClock([0, 1, 10, 15, 20, 22]))
     result = benchmark.timm_throughput("MixerS32", batch_size=2, image_size=32,
                                        precision=precision, mode=mode,
-                                       steps=2, warmup=1)
-    # Each timed step reads the clock twice: 1 s per step, 2 steps.
-    assert result["seconds"] == 2.0 and result["images_per_s"] == 2 / 1.0
+                                       steps=3, warmup=1)
+    assert result["seconds"] == 8.0 and result["images_per_s"] == 2 / 2.0
     assert result["timm_name"] == "mixer_s32_224"
     assert result["timm_torchvision_stub"] is benchmark.torchvision_is_stub()
 

@@ -272,3 +272,19 @@ def test_layer_norm_equals_keras_layer_normalization(kwargs):
     assert [w.path.split("/")[-1] for w in ours.weights] == [
         w.path.split("/")[-1] for w in keras_ln.weights]
     np.testing.assert_allclose(ours(x), keras_ln(x), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_takes_its_own_path_only_where_it_should(monkeypatch):
+    """The last-axis default runs the fast form; other axes, rms_scaling and
+    center/scale off go to Keras's call."""
+
+    def keras_call(self, inputs):
+        raise AssertionError("Keras's LayerNormalization.call")
+
+    monkeypatch.setattr(keras.layers.LayerNormalization, "call", keras_call)
+    x = RNG.normal(size=TOKENS).astype("float32")
+    for kwargs in ({}, {"axis": -1}, {"axis": [2]}):
+        L.LayerNorm(**kwargs)(x)
+    for kwargs in ({"axis": 1}, {"center": False}, {"scale": False}):
+        with pytest.raises(AssertionError, match="LayerNormalization.call"):
+            L.LayerNorm(**kwargs)(x)

@@ -107,3 +107,34 @@ def test_layer_norm_statistics_in_float32(policy):
     # Within half-precision rounding of the output (bf16: 8 bits).
     tol = 0.05 if half == "bfloat16" else 0.01
     assert np.max(np.abs(y - ref)) < tol * np.max(np.abs(ref))
+
+
+# The dataset paths of a one-block Mixer's .weights.h5, as saved at git
+# 3928d69 (before keras_mixer.layers.LayerNorm). Keras names a functional
+# model's top-level layers by class in these files, so swapping a layer's
+# class (e.g. pre_head_norm) would make older files fail to load.
+MIXER_WEIGHTS_H5_PATHS = [
+    f"layers/{layer}/vars/{i}"
+    for layer in (
+        "dense", "layer_normalization",
+        "mixer_block/channel_mixing/fc1", "mixer_block/channel_mixing/fc2",
+        "mixer_block/norm1", "mixer_block/norm2",
+        "mixer_block/token_mixing/fc1", "mixer_block/token_mixing/fc2",
+        "patch_embedding/proj",
+    )
+    for i in (0, 1)
+]
+
+
+def test_weights_file_layout_is_unchanged(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    model = keras_mixer.MLPMixer(
+        patch_size=4, hidden_dim=8, num_blocks=1, tokens_mlp_dim=4,
+        channels_mlp_dim=16, input_shape=(8, 8, 3), classes=3)
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    paths = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda n: paths.append(n) if isinstance(f[n], h5py.Dataset)
+                else None)
+    assert sorted(paths) == sorted(MIXER_WEIGHTS_H5_PATHS)
