@@ -56,10 +56,16 @@ def test_summary_of_b16_at_224_reports_25_gflops():
         ([], "Expected a command"),
     ],
 )
-def test_bad_input_is_a_usage_error(args, message):
-    result = _run(*args)
+def test_bad_input_is_a_usage_error(args, message, cli_usage_error):
+    """In this process: each check fails before any work starts."""
+    assert message in cli_usage_error(*args)
+
+
+def test_a_usage_error_exits_non_zero_with_the_message_on_stderr():
+    """The same checks, as the console script reports them."""
+    result = _run("summary", "--model=MixerZ9")
     assert result.returncode != 0
-    assert message in result.stderr
+    assert "Unknown --model 'MixerZ9'. Choose one of: MixerS32" in result.stderr
 
 
 def test_console_script_is_installed():

@@ -414,7 +414,8 @@ def _cli(*args):
                           capture_output=True, text=True, env=ENV, timeout=400)
 
 
-def test_export_and_predict_cli(small_model, image_files, tmp_path):
+def test_export_and_predict_cli(small_model, image_files, tmp_path,
+                                cli_usage_error):
     model_file = tmp_path / "s32.keras"
     small_model.save(model_file)
     labels = tmp_path / "labels.txt"
@@ -428,8 +429,9 @@ def test_export_and_predict_cli(small_model, image_files, tmp_path):
         assert (out_dir / f"mixer_s32_{quantization}.tflite").exists()
         assert re.search(rf"TFLite\s+{quantization}: .* MB, batch-1 [\d.]+ ms, "
                          r"max relative error .*, builtin ops only", result.stdout)
-    again = _cli("export", f"--model={model_file}", f"--output={out_dir}", "--version=2")
-    assert again.returncode != 0 and "exists: give --overwrite" in again.stderr
+    # The checks before any work run in this process (no new interpreter).
+    assert "exists: give --overwrite" in cli_usage_error(
+        "export", f"--model={model_file}", f"--output={out_dir}", "--version=2")
 
     direct = small_model.predict(np.stack([
         data.resmall_crop(tf.cast(tf.io.decode_image(open(p, "rb").read(), 3), tf.float32),
@@ -442,11 +444,11 @@ def test_export_and_predict_cli(small_model, image_files, tmp_path):
             assert f"{path}\n  1. class_{top} ({top}): " in result.stdout
         assert result.stdout.count("  5. ") == 2
 
-    result = _cli("predict", f"--model_dir={out_dir / '2'}", str(tmp_path / "none.png"))
-    assert result.returncode != 0 and "No such image file(s)" in result.stderr
-    result = _cli("export", f"--model={model_file}", f"--output={tmp_path / 'x'}",
-                  "--tflite=int8")
-    assert result.returncode != 0 and "--tflite int8 calibrates on real images" in result.stderr
+    assert "No such image file(s)" in cli_usage_error(
+        "predict", f"--model_dir={out_dir / '2'}", str(tmp_path / "none.png"))
+    assert "--tflite int8 calibrates on real images" in cli_usage_error(
+        "export", f"--model={model_file}", f"--output={tmp_path / 'x'}",
+        "--tflite=int8")
 
 
 def test_onnx_matches_keras_in_onnxruntime(tmp_path):
