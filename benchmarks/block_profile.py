@@ -4,15 +4,14 @@ each sublayer of block_0 alone in a tf.function, best of a few calls.
     python benchmarks/block_profile.py float32
     python benchmarks/block_profile.py mixed_bfloat16
 """
-import time, sys, numpy as np
+import sys, numpy as np
 import keras, tensorflow as tf, keras_mixer
+from keras_mixer.benchmark import best_seconds
 if len(sys.argv) > 1: keras.config.set_dtype_policy(sys.argv[1])
 m = keras_mixer.MixerB16(input_shape=(224,224,3))
 x = tf.random.uniform((32,224,224,3), 0, 255)
 def bench(f, name, n=3):
-    f(); best=1e9
-    for _ in range(n):
-        t=time.perf_counter(); f(); best=min(best, time.perf_counter()-t)
+    best = best_seconds(f, repeats=n, warmup=1)
     print(f"{name:30s} {best*1e3:8.1f} ms  {32/best:5.2f} img/s", flush=True)
 g = tf.function(lambda x: m(x, training=False))
 bench(lambda: g(x).numpy(), "tf.function(model)")

@@ -3,8 +3,9 @@ AddV2, 2-D with BiasAdd, tensordot), both GELU forms, float32.
 
     python benchmarks/channel_mlp.py
 """
-import time, sys
+import sys
 import tensorflow as tf
+from keras_mixer.benchmark import best_seconds
 B,T,C,H = 32,196,768,3072
 x = tf.random.normal((B,T,C))
 w1 = tf.Variable(tf.random.normal((C,H))*0.02); b1 = tf.Variable(tf.zeros(H))
@@ -36,9 +37,6 @@ for a in (True, False):
   approx = a
   for f in (mm_only, v3d, v2d_add, v2d_biasadd, tensordot):
     g = tf.function(f)
-    g(x).numpy(); g(x).numpy()
-    best = 1e9
-    for _ in range(5):
-        t = time.perf_counter(); g(x).numpy(); best = min(best, time.perf_counter()-t)
+    best = best_seconds(lambda: g(x).numpy(), repeats=5, warmup=2)
     fl = 2*2*B*T*C*H
     print(f"approx={a} {f.__name__:12s} {best*1e3:7.1f} ms {fl/best/1e9:6.1f} GFLOP/s")

@@ -5,8 +5,9 @@ and last the two layers: Keras's LayerNormalization and keras_mixer's LayerNorm.
     python benchmarks/layernorm.py        # float32
     python benchmarks/layernorm.py bf16
 """
-import time, sys
+import sys
 import tensorflow as tf, keras
+from keras_mixer.benchmark import best_seconds
 B,T,C = 32,196,768
 dt = tf.bfloat16 if (len(sys.argv)>1 and sys.argv[1]=="bf16") else tf.float32
 x = tf.cast(tf.random.normal((B,T,C)), dt)
@@ -28,9 +29,7 @@ def fused_bn(x):
     return tf.cast(y * tf.cast(g, tf.float32) + tf.cast(b, tf.float32), dt)
 for f in (keras_ln, moments, manual, fused_bn):
     h = tf.function(f)
-    h(x).numpy(); best=1e9
-    for _ in range(9):
-        t=time.perf_counter(); h(x).numpy(); best=min(best,time.perf_counter()-t)
+    best = best_seconds(lambda: h(x).numpy(), repeats=9, warmup=1)
     print(f"{dt.name} {f.__name__:10s} {best*1e3:6.2f} ms")
 import numpy as np
 print(np.abs(tf.function(keras_ln)(x).numpy().astype('float32') - tf.function(fused_bn)(x).numpy().astype('float32')).max())
@@ -44,9 +43,7 @@ xla = tf.function(manual32, jit_compile=True)
 def nested(x): return xla(x)
 for f in (keras_ln, manual32, nested):
     h = tf.function(f)
-    h(x).numpy(); best=1e9
-    for _ in range(9):
-        t=time.perf_counter(); h(x).numpy(); best=min(best,time.perf_counter()-t)
+    best = best_seconds(lambda: h(x).numpy(), repeats=9, warmup=1)
     print(f"again {dt.name} {f.__name__:10s} {best*1e3:6.2f} ms")
 # The layers themselves: Keras's LayerNormalization against
 # keras_mixer.layers.LayerNorm (the manual32 form in keras.ops), same policy.
@@ -55,7 +52,5 @@ policy = "mixed_bfloat16" if dt == tf.bfloat16 else "float32"
 for cls in (keras.layers.LayerNormalization, LayerNorm):
     layer = cls(epsilon=1e-6, dtype=policy); layer.build((B, T, C))
     h = tf.function(lambda x: layer(x))
-    h(x).numpy(); best = 1e9
-    for _ in range(9):
-        t = time.perf_counter(); h(x).numpy(); best = min(best, time.perf_counter() - t)
+    best = best_seconds(lambda: h(x).numpy(), repeats=9, warmup=1)
     print(f"layer {dt.name} {cls.__name__:20s} {best*1e3:6.2f} ms")

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_mixer
+from keras_mixer.benchmark import best_seconds
 
 if sys.argv[1:] == ["bf16"]:
     keras.config.set_dtype_policy("mixed_bfloat16")
@@ -32,12 +33,7 @@ x = tf.constant(np.random.default_rng(0).random((32, 224, 224, 3),
 
 
 def best_of(f, name, n=2):
-    f()
-    best = 1e9
-    for _ in range(n):
-        start = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - start)
+    best = best_seconds(f, repeats=n, warmup=1)
     print(f"{sys.argv[1]} {name:32s} {best:6.3f} s", flush=True)
 
 

@@ -4,8 +4,9 @@ transpose -> 2-D matmul + BiasAdd -> transpose.
     python benchmarks/token_mlp.py        # float32
     python benchmarks/token_mlp.py bf16
 """
-import time, sys
+import sys
 import tensorflow as tf
+from keras_mixer.benchmark import best_seconds
 B,T,C,S = 32,196,768,384
 dt = tf.bfloat16 if (len(sys.argv)>1 and sys.argv[1]=="bf16") else tf.float32
 x = tf.cast(tf.random.normal((B,T,C)), dt)
@@ -24,9 +25,6 @@ def mm_only(x):
     return tf.matmul(tf.transpose(k2), tf.matmul(tf.transpose(k1), x))
 for f in (mm_only, current, transposed2d):
     g = tf.function(f)
-    g(x).numpy(); g(x).numpy()
-    best = 1e9
-    for _ in range(7):
-        t = time.perf_counter(); g(x).numpy(); best = min(best, time.perf_counter()-t)
+    best = best_seconds(lambda: g(x).numpy(), repeats=7, warmup=2)
     fl = 2*2*B*T*C*S
     print(f"{dt.name} {f.__name__:12s} {best*1e3:7.1f} ms {fl/best/1e9:6.1f} GFLOP/s")

@@ -5,21 +5,11 @@ need no transposes. "useful" counts only the 196 real tokens.
 
     python benchmarks/token_shapes.py
 """
-import time
-
 import tensorflow as tf
 
+from keras_mixer.benchmark import best_seconds
+
 ROWS, HIDDEN = 32 * 768, 384
-
-
-def best_of(f, n=7):
-    f().numpy()
-    best = 1e9
-    for _ in range(n):
-        start = time.perf_counter()
-        f().numpy()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 for dt in (tf.bfloat16, tf.float32):
@@ -39,7 +29,7 @@ for dt in (tf.bfloat16, tf.float32):
             cases["cols fc2"] = tf.function(
                 lambda: tf.matmul(w2, ht, transpose_a=True))
         for name, f in cases.items():
-            sec = best_of(f)
+            sec = best_seconds(lambda: f().numpy(), repeats=7, warmup=1)
             flop = 2 * ROWS * tokens * HIDDEN
             useful = 2 * ROWS * 196 * HIDDEN
             print(f"{dt.name:8s} tokens={tokens} {name}  {sec * 1e3:6.2f} ms  "

@@ -174,8 +174,9 @@ def _matmul_torch(a, b, dtype):
     return call
 
 
-def _best_seconds(call, repeats, warmup=2):
-    """Fastest of `repeats` timed calls, after `warmup` untimed ones."""
+def best_seconds(call, repeats, warmup=2):
+    """Fastest of `repeats` timed calls, after `warmup` untimed ones (the
+    scripts under benchmarks/ time their kernels with it too)."""
     for _ in range(warmup):
         call()
     best = float("inf")
@@ -214,9 +215,9 @@ def matmul_rate(dtype="float32", m=MATMUL_SHAPE[0], k=MATMUL_SHAPE[1],
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), np.float32)
     b = rng.standard_normal((k, n), np.float32)
-    seconds = _best_seconds(makers[backend](a, b, dtype), repeats)
+    seconds = best_seconds(makers[backend](a, b, dtype), repeats)
     if backend == "tensorflow":
-        seconds = min(seconds, _best_seconds(
+        seconds = min(seconds, best_seconds(
             _matmul_tensorflow_xla(a, b, dtype), repeats))
     return 2.0 * m * k * n / seconds / 1e9
 
