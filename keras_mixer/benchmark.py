@@ -37,6 +37,8 @@ import keras
 import numpy as np
 
 import keras_mixer
+from keras_mixer import checks
+from keras_mixer import models
 
 PRECISIONS = ("float32", "bfloat16")
 MODES = ("infer", "train")
@@ -70,19 +72,6 @@ _now = time.perf_counter
 # Argument checks (all before any work)
 
 
-def _patch_size(model_name):
-    """Patch size of a named variant; None for a constructor without one
-    (its builder checks the size itself)."""
-    return getattr(keras_mixer.MODELS[model_name], "patch_size", None)
-
-
-def _check_positive(name, value, minimum=1):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
 def _split(values, name, allowed):
     """'a,b' or ['a', 'b'] -> ('a', 'b'), each checked against `allowed`."""
     if isinstance(values, str):
@@ -112,23 +101,18 @@ def check_arguments(model_name, batch_size=32, image_size=224,
     Traceback (most recent call last):
     ValueError: image_size 200 is not a multiple of MixerB16's patch size 16: use 192 or 208.
     """
-    if model_name not in keras_mixer.MODELS:
-        raise ValueError(
-            f"Unknown model {model_name!r}. Choose one of: "
-            f"{', '.join(keras_mixer.MODELS)}."
-        )
+    constructor = models.get(model_name)
     precisions = _split(precisions, "precision", PRECISIONS)
     modes = _split(modes, "mode", MODES)
-    _check_positive("batch_size", batch_size)
-    _check_positive("image_size", image_size)
-    _check_positive("steps", steps)
-    _check_positive("warmup", warmup, minimum=0)
-    patch = _patch_size(model_name)
-    if patch and image_size % patch:
-        low = image_size - image_size % patch
-        raise ValueError(
-            f"image_size {image_size} is not a multiple of {model_name}'s "
-            f"patch size {patch}: use {max(low, patch)} or {low + patch}."
+    checks.check_int("batch_size", batch_size)
+    checks.check_int("image_size", image_size)
+    checks.check_int("steps", steps)
+    checks.check_int("warmup", warmup, minimum=0)
+    # A constructor without `patch_size` checks the size in its builder.
+    patch = getattr(constructor, "patch_size", None)
+    if patch:
+        checks.check_patch_multiple(
+            "image_size", image_size, patch, f"{model_name}'s"
         )
     return precisions, modes
 
@@ -205,7 +189,7 @@ def matmul_rate(dtype="float32", m=MATMUL_SHAPE[0], k=MATMUL_SHAPE[1],
     """
     _split(dtype, "dtype", PRECISIONS)
     for name, value in (("m", m), ("k", k), ("n", n), ("repeats", repeats)):
-        _check_positive(name, value)
+        checks.check_int(name, value)
     backend = backend or keras.backend.backend()
     makers = {"tensorflow": _matmul_tensorflow, "jax": _matmul_jax,
               "torch": _matmul_torch}

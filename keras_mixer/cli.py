@@ -149,14 +149,12 @@ flags.DEFINE_integer("verbose", None, "Keras progress: 1 bar, 2 one line "
 
 def model_constructor(name):
     """The constructor of a named variant, or a UsageError listing them."""
-    import keras_mixer
+    from keras_mixer import models
 
-    if name not in keras_mixer.MODELS:
-        raise app.UsageError(
-            f"Unknown --model {name!r}. Choose one of: "
-            f"{', '.join(keras_mixer.MODELS)}."
-        )
-    return keras_mixer.MODELS[name]
+    try:
+        return models.get(name)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
 
 
 def build_from_flags(weights=None):
@@ -169,10 +167,10 @@ def build_from_flags(weights=None):
         entry = keras_mixer.WEIGHTS.get(name, {}).get(weights or "")
         classes = entry["classes"] if entry else 1000
         if entry is None and weights and not weights.endswith(".weights.h5"):
-            from keras_mixer import convert as convert_lib
+            from keras_mixer import checkpoints
 
             try:  # a local checkpoint: keep its head
-                classes = convert_lib.read_checkpoint(weights).num_classes or 1000
+                classes = checkpoints.read_checkpoint(weights).num_classes or 1000
             except (ValueError, OSError) as error:
                 raise app.UsageError(str(error)) from None
     kwargs = dict(classes=classes, include_top=FLAGS.include_top, weights=weights)
@@ -623,8 +621,8 @@ def predict(argv):
 
 def visualize(argv):
     """Draws one of keras_mixer.visualize's figures of --model to --output."""
-    from keras_mixer import layers as mixer_layers
     from keras_mixer import visualize as visualize_lib
+    from keras_mixer.models import _builder
 
     if not FLAGS.output or not FLAGS.output.lower().endswith(".png"):
         raise app.UsageError(
@@ -633,10 +631,11 @@ def visualize(argv):
     model = _model_from_flags()
     figure = FLAGS.figure
     if figure == "auto":
-        is_resmlp = any(
-            isinstance(layer, mixer_layers.ResMLPBlock) for layer in model.layers
-        )
-        figure = "cross_patch" if is_resmlp else "token_mixing"
+        try:
+            family = _builder.model_family(model)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+        figure = "cross_patch" if family == "resmlp" else "token_mixing"
     function = visualize_lib.FIGURES[figure]
     kwargs = {"block": FLAGS.block} if figure in ("token_mixing",
                                                   "cross_patch") else {}

@@ -1,27 +1,27 @@
-"""Layers of MLP-Mixer and ResMLP, written with `keras.ops`.
+"""Layers that all-MLP vision models share, written with `keras.ops`.
 
-Two backend branches, both for speed (see BENCHMARKS.md): `_bias_add` is
-`tf.nn.bias_add` on TensorFlow (a fusion its graph optimizer needs) and a
+The blocks of each family live with their model (`keras_mixer.models.mixer`,
+`keras_mixer.models.resmlp`); this module holds what they are built from:
+`Normalize` (pixel scaling), `PatchEmbedding` (the stem), `Dense` (a dense
+layer as one 2-D matmul), `MlpBlock`, `DropPath`, `LayerNorm`, `Affine` and
+`LayerScale`.
+
+Every layer runs unchanged on the TensorFlow, JAX and PyTorch backends, is
+registered for serialization under the `keras_mixer` package and round-trips
+through `get_config` / `from_config`. Two branches depend on the backend, both
+for speed (BENCHMARKS.md): `_bias_add` is `tf.nn.bias_add` on TensorFlow, a
 plain add elsewhere; `LayerNorm` leaves PyTorch to Keras's own path, which
 calls `torch.nn.functional.layer_norm`.
 
-Every layer here runs unchanged on the TensorFlow, JAX and PyTorch backends, is
-registered for serialization under the `keras_mixer` package and round-trips
-through `get_config` / `from_config`.
-
-Tensors between layers are token tables of shape `(batch, tokens, channels)`.
-Tokens are the patches of the image in raster order (row by row), as produced by
-`PatchEmbedding`.
-
-References:
-- Tolstikhin et al., "MLP-Mixer: An all-MLP Architecture for Vision", 2021,
-  https://arxiv.org/abs/2105.01601 (eq. 1 for the Mixer block).
-- Touvron et al., "ResMLP: Feedforward networks for image classification with
-  data-efficient training", 2021, https://arxiv.org/abs/2105.03404 (eq. 1-3).
+Tensors between layers are token tables of shape `(batch, tokens, channels)`,
+tokens being the patches of the image in raster order (row by row), as
+`PatchEmbedding` produces them.
 """
 
 import keras
 from keras import ops
+
+from keras_mixer import checks
 
 _PACKAGE = "keras_mixer"
 
@@ -30,8 +30,8 @@ def _bias_add(x, bias):
     """`x + bias` over the last axis.
 
     On TensorFlow this is `tf.nn.bias_add`: its graph optimizer fuses MatMul,
-    BiasAdd and GELU into one oneDNN kernel, which it does not do for a
-    broadcast AddV2 (see BENCHMARKS.md). Other backends add.
+    BiasAdd and a following GELU into one oneDNN kernel, which it does not do
+    for a broadcast AddV2. Other backends add.
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -40,39 +40,33 @@ def _bias_add(x, bias):
     return ops.add(x, bias)
 
 
-def dense_2d(x, kernel, bias, gelu=None, dtype=None):
-    """`x @ kernel + bias` over the last axis, then GELU if `gelu` is a bool
-    (its `approximate`), computed as one 2-D matmul of `(-1, in)` rows.
+def _to_rows(x):
+    """`x` as a 2-D table of rows `(-1, channels)`."""
+    return ops.reshape(x, (-1, x.shape[-1]))
 
-    Same numbers as `keras.layers.Dense` on `x`; the 2-D form with a separate
-    bias add is what lets XLA-less TensorFlow fuse the three ops. `dtype`:
-    the compute dtype the variables are cast to (default: `x`'s).
-    """
-    dtype = dtype or x.dtype
-    kernel = ops.cast(kernel, dtype)
-    units = kernel.shape[-1]
-    rows = ops.reshape(x, (-1, x.shape[-1]))
-    y = _bias_add(ops.matmul(rows, kernel), ops.cast(bias, dtype))
-    if gelu is not None:
-        y = ops.gelu(y, approximate=gelu)
-    leading = [d if d is not None else -1 for d in x.shape[:-1]]
+
+def _from_rows(rows, like):
+    """`rows` reshaped back to the leading axes of `like`."""
+    leading = [d if d is not None else -1 for d in like.shape[:-1]]
     if leading.count(-1) > 1:
-        leading = list(ops.shape(x)[:-1])
-    return ops.reshape(y, tuple(leading) + (units,))
+        leading = list(ops.shape(like)[:-1])
+    return ops.reshape(rows, tuple(leading) + (rows.shape[-1],))
 
 
-def _check_positive(name, value, layer):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+def known_tokens(input_shape, where):
+    """The number of tokens (axis -2) of `input_shape`; a ValueError when it
+    is unknown, since token-mixing weights are sized by it."""
+    tokens = input_shape[-2]
+    if tokens is None:
         raise ValueError(
-            f"{layer}: `{name}` must be a positive integer, got {value!r}."
+            f"{where}: the number of tokens (axis -2) must be known when the "
+            "layer is built; give the model a fixed input size."
         )
+    return tokens
 
 
-def _check_rate(name, value, layer):
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(
-            f"{layer}: `{name}` must be in [0, 1), got {value!r}."
-        )
+def _is_seq(value):
+    return isinstance(value, (list, tuple))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -127,10 +121,6 @@ class Normalize(keras.layers.Layer):
         return config
 
 
-def _is_seq(value):
-    return isinstance(value, (list, tuple))
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PatchEmbedding(keras.layers.Layer):
     """Cuts the image into patches and projects each linearly (the stem).
@@ -146,18 +136,17 @@ class PatchEmbedding(keras.layers.Layer):
 
     def __init__(self, patch_size, hidden_dim, **kwargs):
         super().__init__(**kwargs)
-        _check_positive("patch_size", patch_size, "PatchEmbedding")
-        _check_positive("hidden_dim", hidden_dim, "PatchEmbedding")
+        checks.check_int("patch_size", patch_size, where="PatchEmbedding")
+        checks.check_int("hidden_dim", hidden_dim, where="PatchEmbedding")
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
 
     def build(self, input_shape):
         _, height, width, _ = input_shape
         for side, size in (("height", height), ("width", width)):
-            if size is not None and size % self.patch_size:
-                raise ValueError(
-                    f"PatchEmbedding: input {side} {size} is not a multiple of "
-                    f"the patch size {self.patch_size}."
+            if size is not None:
+                checks.check_patch_multiple(
+                    f"PatchEmbedding: input {side}", size, self.patch_size
                 )
         self.proj = keras.layers.Conv2D(
             self.hidden_dim,
@@ -184,6 +173,12 @@ class PatchEmbedding(keras.layers.Layer):
             tokens = (height // self.patch_size) * (width // self.patch_size)
         return (batch, tokens, self.hidden_dim)
 
+    def count_macs(self, input_shape):
+        """Multiply-accumulates of one image."""
+        _, height, width, channels = input_shape
+        tokens = (height // self.patch_size) * (width // self.patch_size)
+        return tokens * self.patch_size**2 * channels * self.hidden_dim
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -193,92 +188,47 @@ class PatchEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class TokenDense(keras.layers.Layer):
-    """A dense layer applied along the tokens axis, the same for every channel.
+class Dense(keras.layers.Dense):
+    """`keras.layers.Dense` computed as one 2-D matmul and a separate bias add.
 
-    `y[b, s, c] = sum_t x[b, t, c] * kernel[t, s] + bias[s]`: exactly
-    `Dense(units)` applied to `x` with its last two axes swapped, then swapped
-    back (`dense_2d` between two transposes, which TensorFlow runs faster than
-    a broadcast matmul `kernel^T @ x`: see BENCHMARKS.md). The kernel has
-    Keras's `(in, out)` layout, `(tokens, units)`.
-
-    Args:
-        units: int, number of output tokens.
-        kernel_initializer, bias_initializer: initializers.
+    Same weights, config and numbers as Keras's layer. An input of rank > 2 is
+    reshaped to rows `(-1, in)` for the matmul and back. On TensorFlow the
+    bias add is `tf.nn.bias_add`, which lets its graph optimizer fuse MatMul,
+    BiasAdd and a GELU that follows into one kernel; it does not fuse the
+    broadcast matmul and add of Keras's layer on a 3-D input (BENCHMARKS.md,
+    "Dense layers as 2-D MatMul + BiasAdd"). `self.kernel` includes a LoRA
+    update when one is enabled; a quantized layer never reaches `call` (Keras
+    runs its `quantized_call`).
     """
 
-    def __init__(
-        self,
-        units,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        _check_positive("units", units, "TokenDense")
-        self.units = units
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-
-    def build(self, input_shape):
-        tokens = input_shape[-2]
-        if tokens is None:
-            raise ValueError(
-                "TokenDense: the number of tokens (axis -2) must be known when "
-                "the layer is built; give the model a fixed input size."
-            )
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(tokens, self.units),
-            initializer=self.kernel_initializer,
-        )
-        self.bias = self.add_weight(
-            name="bias", shape=(self.units,), initializer=self.bias_initializer
-        )
-        self.built = True
-
-    def call(self, inputs):
-        # Tokens last, one 2-D matmul with a fusable bias add, tokens back.
-        x = ops.transpose(inputs, (0, 2, 1))
-        x = dense_2d(x, self.kernel, self.bias, dtype=self.compute_dtype)
-        return ops.transpose(x, (0, 2, 1))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-2]) + (self.units, input_shape[-1])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "units": self.units,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
-            }
-        )
-        return config
+    def call(self, inputs, training=None):
+        rows = inputs if len(inputs.shape) == 2 else _to_rows(inputs)
+        y = ops.matmul(rows, self.kernel)
+        if self.use_bias:
+            y = _bias_add(y, self.bias)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y if len(inputs.shape) == 2 else _from_rows(y, inputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MlpBlock(keras.layers.Layer):
-    """Dense -> GELU -> Dropout -> Dense -> Dropout.
+    """fc1 -> GELU -> dropout -> fc2 -> dropout, over one axis.
 
-    The output has the width of the input along the mixed axis.
+    The output has the width of the input along the mixed axis. The token
+    table is reshaped to rows once, so that both dense layers run as 2-D
+    matmuls (see `Dense`).
 
     Args:
         mlp_dim: int, hidden width.
-        axis: `-1` mixes channels (a per-token MLP); `1` mixes tokens (a
-            per-channel MLP over the patches, with `TokenDense`).
+        axis: the axis to mix, `-1` (default) or `1`. The blocks of
+            `keras_mixer.models` mix the last axis and transpose around the
+            MLP where they mix tokens; `1` moves axis 1 last and back.
         approximate_gelu: bool. `True` is the tanh approximation used by the
-            official Flax Mixer (flax's default); `False` is the exact erf
-            form used by timm and deit.
-        dropout_rate: float, dropout after the activation and after the
-            second dense layer.
-        kernel_initializer, bias_initializer: initializers of both dense
-            layers.
+            official Flax Mixer (flax's default); `False` (default) is the
+            exact erf form used by timm, deit and Keras.
+        dropout_rate: float, dropout after the activation and after fc2.
+        kernel_initializer, bias_initializer: initializers of fc1 and fc2.
     """
 
     def __init__(
@@ -292,13 +242,13 @@ class MlpBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive("mlp_dim", mlp_dim, "MlpBlock")
+        checks.check_int("mlp_dim", mlp_dim, where="MlpBlock")
         if axis not in (1, -1):
             raise ValueError(
-                f"MlpBlock: `axis` must be -1 (channels) or 1 (tokens), got "
+                f"MlpBlock: `axis` must be -1 (the last axis) or 1, got "
                 f"{axis!r}."
             )
-        _check_rate("dropout_rate", dropout_rate, "MlpBlock")
+        checks.check_rate("dropout_rate", dropout_rate, where="MlpBlock")
         self.mlp_dim = mlp_dim
         self.axis = axis
         self.approximate_gelu = bool(approximate_gelu)
@@ -307,7 +257,10 @@ class MlpBlock(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def _dense(self, units, name):
-        kwargs = dict(
+        # A fresh initializer object per layer: a seeded one shared by fc1
+        # and fc2 would draw the same values for both.
+        return Dense(
+            units,
             kernel_initializer=keras.initializers.get(
                 keras.initializers.serialize(self.kernel_initializer)
             ),
@@ -317,18 +270,13 @@ class MlpBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name=name,
         )
-        if self.axis == 1:
-            return TokenDense(units, **kwargs)
-        return keras.layers.Dense(units, **kwargs)
 
     def build(self, input_shape):
         width = input_shape[self.axis]
         self.fc1 = self._dense(self.mlp_dim, "fc1")
-        self.fc1.build(input_shape)
-        hidden_shape = list(input_shape)
-        hidden_shape[self.axis] = self.mlp_dim
+        self.fc1.build((None, width))
         self.fc2 = self._dense(width, "fc2")
-        self.fc2.build(tuple(hidden_shape))
+        self.fc2.build((None, self.mlp_dim))
         self.drop1 = keras.layers.Dropout(
             self.dropout_rate, dtype=self.dtype_policy, name="drop1"
         )
@@ -338,24 +286,27 @@ class MlpBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        # fc1 -> GELU -> drop1 -> fc2 -> drop2, each dense as `dense_2d` on the
-        # sublayers' variables (the token MLP with tokens moved last once for
-        # both). Same numbers as calling the sublayers; faster on TensorFlow.
-        x = inputs
-        if self.axis == 1:
-            x = ops.transpose(x, (0, 2, 1))
-        dtype = self.compute_dtype
-        x = dense_2d(x, self.fc1.kernel, self.fc1.bias,
-                     gelu=self.approximate_gelu, dtype=dtype)
-        x = self.drop1(x, training=training)
-        x = dense_2d(x, self.fc2.kernel, self.fc2.bias, dtype=dtype)
-        x = self.drop2(x, training=training)
-        if self.axis == 1:
-            x = ops.transpose(x, (0, 2, 1))
-        return x
+        x = inputs if self.axis == -1 else ops.moveaxis(inputs, self.axis, -1)
+        rows = _to_rows(x)
+        h = self.fc1(rows)
+        h = ops.gelu(h, approximate=self.approximate_gelu)
+        h = self.drop1(h, training=training)
+        h = self.fc2(h)
+        h = self.drop2(h, training=training)
+        y = _from_rows(h, x)
+        return y if self.axis == -1 else ops.moveaxis(y, -1, self.axis)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def count_macs(self, input_shape):
+        """Multiply-accumulates of one sample of `input_shape`."""
+        width = input_shape[self.axis]
+        rows = 1
+        for axis, size in enumerate(input_shape[1:], start=1):
+            if axis != self.axis % len(input_shape):
+                rows *= size
+        return rows * 2 * width * self.mlp_dim
 
     def get_config(self):
         config = super().get_config()
@@ -390,7 +341,7 @@ class DropPath(keras.layers.Layer):
 
     def __init__(self, rate=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
-        _check_rate("rate", rate, "DropPath")
+        checks.check_rate("rate", rate, where="DropPath")
         self.rate = float(rate)
         self.seed = seed
         if self.rate > 0:
@@ -423,12 +374,10 @@ class LayerNorm(keras.layers.LayerNormalization):
     Same weights (`gamma`, `beta`) and config as the Keras layer, and the
     same numbers up to float32 rounding: statistics and the affine step are
     computed in at least float32 and the result is cast to the compute
-    dtype. The Mixer blocks use it for `norm1` and `norm2`. The Keras form,
-    `x * inv + (beta - mean * inv)` with `inv = gamma / sqrt(var + eps)`,
-    touches the full tensor more often than `(x - mean) / sqrt(var + eps) *
-    gamma + beta` written here. On B/16's activations this layer measured
-    1.3x (float32) to 1.7x (`mixed_bfloat16`) faster than Keras's on
-    TensorFlow (`benchmarks/layernorm.py`, BENCHMARKS.md).
+    dtype. Keras computes `x * inv + (beta - mean * inv)` with
+    `inv = gamma / sqrt(var + eps)`, which reads the full tensor more often
+    than `(x - mean) / sqrt(var + eps) * gamma + beta` written here
+    (`benchmarks/layernorm.py`, BENCHMARKS.md).
 
     Other axes, `rms_scaling`, `center=False` / `scale=False` and the PyTorch
     backend (where Keras calls `torch.nn.functional.layer_norm`) take the Keras
@@ -457,108 +406,6 @@ class LayerNorm(keras.layers.LayerNormalization):
         y = centered * ops.rsqrt(variance + self.epsilon)
         y = y * ops.cast(self.gamma, dtype) + ops.cast(self.beta, dtype)
         return ops.cast(y, self.compute_dtype)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class MixerBlock(keras.layers.Layer):
-    """The Mixer layer of eq. (1) of the MLP-Mixer paper.
-
-        U = X + TokenMLP(LayerNorm(X)^T)^T
-        Y = U + ChannelMLP(LayerNorm(U))
-
-    with one LayerNorm (epsilon 1e-6) per sublayer, stochastic depth on both
-    residual branches, and the token MLP applied along the tokens axis directly
-    (`MlpBlock(axis=1)`), which equals the paper's transpose-MLP-transpose.
-
-    Args:
-        tokens_mlp_dim: int, hidden width `D_S` of the token-mixing MLP.
-        channels_mlp_dim: int, hidden width `D_C` of the channel-mixing MLP.
-        approximate_gelu: bool, see `MlpBlock`.
-        dropout_rate: float, dropout inside both MLPs.
-        drop_path_rate: float, stochastic depth rate of this block.
-        layer_norm_epsilon: float.
-    """
-
-    def __init__(
-        self,
-        tokens_mlp_dim,
-        channels_mlp_dim,
-        approximate_gelu=True,
-        dropout_rate=0.0,
-        drop_path_rate=0.0,
-        layer_norm_epsilon=1e-6,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        _check_positive("tokens_mlp_dim", tokens_mlp_dim, "MixerBlock")
-        _check_positive("channels_mlp_dim", channels_mlp_dim, "MixerBlock")
-        _check_rate("drop_path_rate", drop_path_rate, "MixerBlock")
-        self.tokens_mlp_dim = tokens_mlp_dim
-        self.channels_mlp_dim = channels_mlp_dim
-        self.approximate_gelu = bool(approximate_gelu)
-        self.dropout_rate = float(dropout_rate)
-        self.drop_path_rate = float(drop_path_rate)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-
-    def build(self, input_shape):
-        policy = self.dtype_policy
-        self.norm1 = LayerNorm(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm1"
-        )
-        self.token_mixing = MlpBlock(
-            self.tokens_mlp_dim,
-            axis=1,
-            approximate_gelu=self.approximate_gelu,
-            dropout_rate=self.dropout_rate,
-            dtype=policy,
-            name="token_mixing",
-        )
-        self.norm2 = LayerNorm(
-            epsilon=self.layer_norm_epsilon, dtype=policy, name="norm2"
-        )
-        self.channel_mixing = MlpBlock(
-            self.channels_mlp_dim,
-            axis=-1,
-            approximate_gelu=self.approximate_gelu,
-            dropout_rate=self.dropout_rate,
-            dtype=policy,
-            name="channel_mixing",
-        )
-        self.drop_path = DropPath(
-            self.drop_path_rate, dtype=policy, name="drop_path"
-        )
-        for layer in (
-            self.norm1,
-            self.token_mixing,
-            self.norm2,
-            self.channel_mixing,
-        ):
-            layer.build(input_shape)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        x = inputs
-        y = self.token_mixing(self.norm1(x), training=training)
-        x = x + self.drop_path(y, training=training)
-        y = self.channel_mixing(self.norm2(x), training=training)
-        return x + self.drop_path(y, training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "tokens_mlp_dim": self.tokens_mlp_dim,
-                "channels_mlp_dim": self.channels_mlp_dim,
-                "approximate_gelu": self.approximate_gelu,
-                "dropout_rate": self.dropout_rate,
-                "drop_path_rate": self.drop_path_rate,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -617,108 +464,4 @@ class LayerScale(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"init_value": self.init_value})
-        return config
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class ResMLPBlock(keras.layers.Layer):
-    """The residual block of ResMLP (eq. 1-3 of the ResMLP paper).
-
-        Z = X + DropPath(ls1 * CrossPatch(Affine1(X)^T)^T)
-        Y = Z + DropPath(ls2 * MLP(Affine2(Z)))
-
-    `CrossPatch` is one linear layer over the tokens (no activation); `MLP` is
-    Dense(mlp_ratio * dim) -> GELU -> Dense(dim); `ls1`, `ls2` are LayerScale
-    factors.
-
-    Args:
-        layerscale_init: float, initial LayerScale value.
-        mlp_ratio: int or float, hidden width of the MLP over the channels.
-        approximate_gelu: bool, see `MlpBlock` (deit uses the exact GELU).
-        dropout_rate: float, dropout inside the channel MLP.
-        drop_path_rate: float, stochastic depth rate of this block.
-    """
-
-    def __init__(
-        self,
-        layerscale_init,
-        mlp_ratio=4,
-        approximate_gelu=False,
-        dropout_rate=0.0,
-        drop_path_rate=0.0,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if float(mlp_ratio) <= 0:
-            raise ValueError(
-                f"ResMLPBlock: `mlp_ratio` must be positive, got {mlp_ratio!r}."
-            )
-        _check_rate("drop_path_rate", drop_path_rate, "ResMLPBlock")
-        self.layerscale_init = float(layerscale_init)
-        self.mlp_ratio = mlp_ratio
-        self.approximate_gelu = bool(approximate_gelu)
-        self.dropout_rate = float(dropout_rate)
-        self.drop_path_rate = float(drop_path_rate)
-
-    def build(self, input_shape):
-        policy = self.dtype_policy
-        tokens, dim = input_shape[-2], input_shape[-1]
-        if tokens is None:
-            raise ValueError(
-                "ResMLPBlock: the number of tokens must be known; give the "
-                "model a fixed input size."
-            )
-        self.norm1 = Affine(dtype=policy, name="norm1")
-        # deit initialises every linear layer with a truncated normal, std 0.02.
-        init = {"class_name": "TruncatedNormal", "config": {"stddev": 0.02}}
-        self.cross_patch = TokenDense(
-            tokens, kernel_initializer=init, dtype=policy, name="cross_patch"
-        )
-        self.ls1 = LayerScale(self.layerscale_init, dtype=policy, name="ls1")
-        self.norm2 = Affine(dtype=policy, name="norm2")
-        self.channel_mixing = MlpBlock(
-            int(self.mlp_ratio * dim),
-            axis=-1,
-            approximate_gelu=self.approximate_gelu,
-            dropout_rate=self.dropout_rate,
-            kernel_initializer=init,
-            dtype=policy,
-            name="channel_mixing",
-        )
-        self.ls2 = LayerScale(self.layerscale_init, dtype=policy, name="ls2")
-        self.drop_path = DropPath(
-            self.drop_path_rate, dtype=policy, name="drop_path"
-        )
-        for layer in (
-            self.norm1,
-            self.cross_patch,
-            self.ls1,
-            self.norm2,
-            self.channel_mixing,
-            self.ls2,
-        ):
-            layer.build(input_shape)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        x = inputs
-        y = self.ls1(self.cross_patch(self.norm1(x)))
-        x = x + self.drop_path(y, training=training)
-        y = self.channel_mixing(self.norm2(x), training=training)
-        return x + self.drop_path(self.ls2(y), training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "layerscale_init": self.layerscale_init,
-                "mlp_ratio": self.mlp_ratio,
-                "approximate_gelu": self.approximate_gelu,
-                "dropout_rate": self.dropout_rate,
-                "drop_path_rate": self.drop_path_rate,
-            }
-        )
         return config

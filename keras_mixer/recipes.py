@@ -21,6 +21,8 @@ import math
 import keras
 from keras import ops
 
+from keras_mixer import checks
+
 # Every key a config may set, with the defaults of a short generic run.
 DEFAULTS = {
     # Model and data.
@@ -168,9 +170,7 @@ def check_config(config):
                 f"Unknown {key} {config[key]!r}; use one of {allowed}."
             )
     for key in ("batch_size", "epochs", "image_size", "grad_accum_steps"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got "
-                             f"{config[key]!r}.")
+        checks.check_int(key, config[key])
     if config["learning_rate"] <= 0:
         raise ValueError("learning_rate must be positive.")
     if config["randaugment"] is not None:

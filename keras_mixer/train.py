@@ -35,7 +35,9 @@ import numpy as np
 
 import keras
 
+from keras_mixer import checks
 from keras_mixer import distribute
+from keras_mixer import models
 from keras_mixer import recipes
 
 logger = logging.getLogger("keras_mixer")
@@ -181,18 +183,11 @@ class Throughput(keras.callbacks.Callback):
 
 def patch_size_of(model_name):
     """The patch size of a named model, or a ValueError listing the names."""
-    import keras_mixer
-
     if model_name == "demo":
         return DEMO_MODEL["patch_size"]
     if model_name.endswith(".keras"):
         return None  # evaluate takes saved models; train refuses them
-    if model_name not in keras_mixer.MODELS:
-        raise ValueError(
-            f"Unknown model {model_name!r}. Choose one of: demo, "
-            f"{', '.join(keras_mixer.MODELS)}."
-        )
-    return keras_mixer.MODELS[model_name].patch_size
+    return models.get(model_name, also=("demo",)).patch_size
 
 
 def check_inputs(config):
@@ -206,12 +201,9 @@ def check_inputs(config):
         )
     data.check_dataset_name(config["dataset"])
     patch = patch_size_of(config["model"])
-    size = config["image_size"]
-    if patch and size % patch:
-        low = size - size % patch
-        raise ValueError(
-            f"--image_size {size} is not a multiple of {config['model']}'s "
-            f"patch size {patch}: use {max(low, patch)} or {low + patch}."
+    if patch:
+        checks.check_patch_multiple(
+            "--image_size", config["image_size"], patch, f"{config['model']}'s"
         )
     if config["teacher"] and not os.path.exists(config["teacher"]):
         raise ValueError(

@@ -23,8 +23,11 @@ mosaic image, so even Mixer-H/14's 640 units draw in a fraction of a second.
 
 import numpy as np
 
-from keras_mixer import layers as mixer_layers
-from keras_mixer import resize
+from keras_mixer import checks
+from keras_mixer.layers import PatchEmbedding
+from keras_mixer.models import _builder
+from keras_mixer.models.mixer import MixerBlock
+from keras_mixer.models.resmlp import ResMLPBlock
 
 # Fraction of the layer's largest |weight| below which a weight counts as zero.
 SPARSITY_THRESHOLD = 0.05
@@ -59,10 +62,10 @@ def _show_mosaic(figure, image, title, output, **imshow):
 def _blocks(model, kind):
     blocks = [layer for layer in model.layers if isinstance(layer, kind)]
     if not blocks:
-        family = "MLP-Mixer" if kind is mixer_layers.MixerBlock else "ResMLP"
+        family = "MLP-Mixer" if kind is MixerBlock else "ResMLP"
         other = (
             "cross_patch_weights"
-            if kind is mixer_layers.MixerBlock
+            if kind is MixerBlock
             else "token_mixing_units"
         )
         raise ValueError(
@@ -183,18 +186,16 @@ def token_mixing_units(model, block=0, num_units=None, columns=None,
         A `matplotlib.figure.Figure`; `figure.pairs` holds the drawn unit
         indices pair by pair.
     """
-    layer = _block(model, mixer_layers.MixerBlock, block)
+    layer = _block(model, MixerBlock, block)
     kernel = np.asarray(layer.token_mixing.fc1.kernel)  # (tokens, units)
-    grid = resize.model_grid(model)
+    grid = _builder.patch_grid(model)
     units = kernel.T.reshape((-1,) + grid)
     pairs = opposite_phase_pairs(kernel.T)
     frequency = spatial_frequency(units)
     pairs.sort(key=lambda pair: float(np.mean(frequency[list(pair)])))
     order = [i for pair in pairs for i in pair]
     if num_units is not None:
-        if not isinstance(num_units, int) or num_units < 1:
-            raise ValueError(f"num_units must be a positive integer, got "
-                             f"{num_units!r}.")
+        checks.check_int("num_units", num_units)
         order = order[:num_units]
     if columns is None:
         columns = max(2, 2 * int(np.ceil(np.sqrt(len(order) / 2) * 1.0)))
@@ -226,7 +227,7 @@ def stem_units(model, num_units=128, columns=16, output=None):
     own. The first `num_units` units are shown.
     """
     stem = model.get_layer("stem")
-    if not isinstance(stem, mixer_layers.PatchEmbedding):
+    if not isinstance(stem, PatchEmbedding):
         raise ValueError(f"{model.name}'s `stem` is not a PatchEmbedding.")
     kernel = np.asarray(stem.proj.kernel)  # (p, p, channels, hidden)
     tiles = np.moveaxis(kernel, -1, 0)[:num_units]
@@ -259,9 +260,9 @@ def cross_patch_weights(model, block=0, output=None):
     grid position, so the figure is a grid of grids. Local, shift-like
     patterns show as a bright spot that moves with the tile.
     """
-    layer = _block(model, mixer_layers.ResMLPBlock, block)
+    layer = _block(model, ResMLPBlock, block)
     kernel = np.asarray(layer.cross_patch.kernel)  # (tokens in, tokens out)
-    grid = resize.model_grid(model)
+    grid = _builder.patch_grid(model)
     tiles = _symmetric(kernel.T.reshape((-1,) + grid))
     image = mosaic(tiles, grid[1])
     figure = _figure(9, 9 * grid[0] / grid[1] + 0.4)
@@ -274,7 +275,7 @@ def cross_patch_weights(model, block=0, output=None):
 
 
 def _linear_layers(block):
-    if isinstance(block, mixer_layers.MixerBlock):
+    if isinstance(block, MixerBlock):
         return {
             "token_mixing/fc1": block.token_mixing.fc1.kernel,
             "token_mixing/fc2": block.token_mixing.fc2.kernel,
@@ -300,8 +301,7 @@ def sparsity(model, threshold=SPARSITY_THRESHOLD):
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
     blocks = [
         layer for layer in model.layers
-        if isinstance(layer, (mixer_layers.MixerBlock,
-                              mixer_layers.ResMLPBlock))
+        if isinstance(layer, (MixerBlock, ResMLPBlock))
     ]
     if not blocks:
         raise ValueError(f"{model.name} has no Mixer or ResMLP blocks.")

@@ -323,3 +323,13 @@ def forward(family, weights, images, **kwargs):
     if family == "resmlp":
         return resmlp_forward(weights, images, **kwargs)
     raise ValueError(f"unknown family {family!r}")
+
+
+def rel_err(actual, expected):
+    """Largest absolute difference relative to the largest |expected|, the
+    measure every numerical comparison of the tests uses."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert np.all(np.isfinite(actual)) and np.all(np.isfinite(expected))
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))

@@ -47,7 +47,7 @@ def test_summary_of_b16_at_224_reports_25_gflops():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["summary", "--model=MixerZ9"], "Unknown --model 'MixerZ9'. Choose one of: MixerS32"),
+        (["summary", "--model=MixerZ9"], "Unknown model 'MixerZ9'. Choose one of: MixerS32"),
         (["summary", "--model=MixerS32", "--image_size=50"], "not a multiple of the patch size 32"),
         (["fly"], "Expected a command (summary, weights, convert, train, evaluate, demo, export, predict, visualize, benchmark), got 'fly'"),
         (["visualize", "--model=MixerS32", "--output=units.jpg"], "visualize needs --output ending in .png"),
@@ -65,7 +65,7 @@ def test_a_usage_error_exits_non_zero_with_the_message_on_stderr():
     """The same checks, as the console script reports them."""
     result = _run("summary", "--model=MixerZ9")
     assert result.returncode != 0
-    assert "Unknown --model 'MixerZ9'. Choose one of: MixerS32" in result.stderr
+    assert "Unknown model 'MixerZ9'. Choose one of: MixerS32" in result.stderr
 
 
 def test_console_script_is_installed():

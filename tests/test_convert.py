@@ -1,4 +1,4 @@
-"""Checkpoint converters: official Flax .npz, timm and deit state dicts.
+"""Checkpoint key maps and readers: official Flax .npz, timm and deit.
 
 Every checkpoint is generated here, offline, in the exact key layout of its
 source, with random values for every tensor. The Keras model loaded with the
@@ -19,23 +19,24 @@ import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import convert
-from keras_mixer.convert import deit
-from keras_mixer.convert import flax_npz
-from keras_mixer.convert import timm
+from keras_mixer import checkpoints
+from keras_mixer.checkpoints import deit_resmlp
+from keras_mixer.checkpoints import flax_mixer
+from keras_mixer.checkpoints import readers
+from keras_mixer.checkpoints import timm_mlp_mixer
 
 
-
-def _load_reference_sources():
+def _load(name):
     # Loaded by path under a private name, as tests/test_reference.py does.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_sources.py")
-    spec = importlib.util.spec_from_file_location("_keras_mixer_tests_reference_sources", path)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_keras_mixer_tests_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-ref = _load_reference_sources()
+ref = _load("reference_sources")
+rel_err = _load("reference").rel_err
 
 try:
     import torch
@@ -262,14 +263,10 @@ def keras_logits(checkpoint, x):
     return keras.ops.convert_to_numpy(out).astype(np.float64)
 
 
-def rel_error(a, b):
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
 def assert_close(checkpoint, x, expected):
     assert np.all(np.isfinite(expected))
     assert np.max(np.abs(expected)) > 0.1  # a meaningful, non-degenerate output
-    error = rel_error(keras_logits(checkpoint, x), expected)
+    error = rel_err(keras_logits(checkpoint, x), expected)
     assert error < RTOL, error
 
 
@@ -287,18 +284,18 @@ def test_flax_npz_matches_source_forward(tmp_path, prefix):
         stored["opt/state/step"] = np.array(10, dtype=np.int32)
         stored["opt/state/param_states/stem/kernel/grad_ema"] = params["stem/kernel"]
     path = save_npz(tmp_path / "Mixer-T_4.npz", stored)
-    checkpoint = convert.read_checkpoint(path)
+    checkpoint = checkpoints.read_checkpoint(path)
     assert (checkpoint.family, checkpoint.source) == ("mixer", "flax")
     assert checkpoint.approximate_gelu is True
     assert checkpoint.num_blocks == BLOCKS
     assert checkpoint.num_classes == CLASSES
-    assert checkpoint.num_tokens == TOKENS
+    assert checkpoint.tensors["block_0/token_mixing/fc1/kernel"].shape == (TOKENS, TOKENS_MLP)
     assert checkpoint.patch_size == PATCH
     assert checkpoint.hidden_dim == DIM
     x = images()
     assert_close(checkpoint, x, ref.flax_mixer_logits(params, x))
     # The module-level API gives the same tensors.
-    direct = flax_npz.convert(flax_npz.read(path))
+    direct = flax_mixer.convert(readers.read_npz(path))
     assert direct.tensors.keys() == checkpoint.tensors.keys()
     for key, value in direct.tensors.items():
         np.testing.assert_array_equal(value, checkpoint.tensors[key])
@@ -308,19 +305,19 @@ def test_flax_npz_keys_are_slash_separated_in_the_archive(tmp_path):
     path = save_npz(tmp_path / "m.npz", flax_mixer_params())
     with zipfile.ZipFile(path) as archive:
         assert "MixerBlock_0/token_mixing/Dense_0/kernel.npy" in archive.namelist()
-    assert "MixerBlock_0/LayerNorm_1/scale" in flax_npz.read(path)
+    assert "MixerBlock_0/LayerNorm_1/scale" in readers.read_npz(path)
 
 
 def test_flax_pre_linen_numbering_and_dot_separators():
     params = flax_mixer_params()
-    linen = flax_npz.convert(params).tensors
+    linen = flax_mixer.convert(params).tensors
     # Pre-Linen numbering: one counter over a module's children.
     pre_linen = {
         k.replace("LayerNorm_1", "LayerNorm_2"): v for k, v in params.items()
     }
     dotted = {k.replace("/", "."): v for k, v in params.items()}
     for variant in (pre_linen, dotted):
-        converted = flax_npz.convert(variant).tensors
+        converted = flax_mixer.convert(variant).tensors
         assert converted.keys() == linen.keys()
         for key in linen:
             np.testing.assert_array_equal(converted[key], linen[key])
@@ -333,7 +330,7 @@ def test_flax_ten_blocks_are_ordered_numerically():
         for k, v in params.items():
             if k.startswith("MixerBlock_0/"):
                 extra[k.replace("MixerBlock_0/", f"MixerBlock_{i}/")] = v + i
-    tensors = flax_npz.convert({**params, **extra}).tensors
+    tensors = flax_mixer.convert({**params, **extra}).tensors
     np.testing.assert_array_equal(
         tensors["block_10/norm1/beta"], params["MixerBlock_0/LayerNorm_0/bias"] + 10
     )
@@ -349,10 +346,13 @@ def test_flax_ten_blocks_are_ordered_numerically():
 def test_timm_safetensors_matches_source_forward(tmp_path, family, make, reference):
     sd = make()
     path = save_safetensors(tmp_path / "model.safetensors", sd)
-    checkpoint = convert.read_checkpoint(path)
+    checkpoint = checkpoints.read_checkpoint(path)
     assert (checkpoint.family, checkpoint.source) == (family, "timm")
     assert checkpoint.approximate_gelu is False
-    assert checkpoint.num_tokens == TOKENS and checkpoint.num_classes == CLASSES
+    tokens_path = {"mixer": "block_0/token_mixing/fc1/kernel",
+                   "resmlp": "block_0/cross_patch/kernel"}[family]
+    assert checkpoint.tensors[tokens_path].shape[0] == TOKENS
+    assert checkpoint.num_classes == CLASSES
     x = images()
     assert_close(checkpoint, x, reference(sd, nchw(x)))
 
@@ -362,7 +362,7 @@ def test_timm_resmlp_accepts_both_affine_shapes(alpha_shape):
     sd = timm_resmlp_state_dict()
     if alpha_shape == "(D,)":
         sd = {k: v.reshape(-1) if v.ndim == 3 else v for k, v in sd.items()}
-    checkpoint = timm.convert(sd)
+    checkpoint = timm_mlp_mixer.convert(sd)
     assert checkpoint.tensors["block_1/norm2/alpha"].shape == (DIM,)
     x = images()
     assert_close(checkpoint, x, ref.timm_resmlp_logits(sd, nchw(x)))
@@ -371,13 +371,13 @@ def test_timm_resmlp_accepts_both_affine_shapes(alpha_shape):
 def test_deit_safetensors_matches_source_forward(tmp_path):
     sd = deit_resmlp_state_dict()
     path = save_safetensors(tmp_path / "resmlp_12_no_dist.safetensors", sd)
-    checkpoint = convert.read_checkpoint(path)
+    checkpoint = checkpoints.read_checkpoint(path)
     assert (checkpoint.family, checkpoint.source) == ("resmlp", "deit")
     assert checkpoint.approximate_gelu is False
     x = images()
     assert_close(checkpoint, x, ref.deit_resmlp_logits(sd, nchw(x)))
     # deit's training checkpoints nest the state dict under 'model'.
-    nested = deit.convert({"model": sd})
+    nested = deit_resmlp.convert({"model": sd})
     for key, value in nested.tensors.items():
         np.testing.assert_array_equal(value, checkpoint.tensors[key])
 
@@ -388,7 +388,7 @@ def test_deit_pth_matches_source_forward(tmp_path, nesting):
     sd = deit_resmlp_state_dict()
     obj = {"model": sd} if nesting == "model" else sd
     path = save_pth(tmp_path / "resmlp_12_no_dist.pth", obj)
-    checkpoint = convert.read_checkpoint(path)
+    checkpoint = checkpoints.read_checkpoint(path)
     assert (checkpoint.family, checkpoint.source) == ("resmlp", "deit")
     x = images()
     assert_close(checkpoint, x, ref.deit_resmlp_logits(sd, nchw(x)))
@@ -407,9 +407,9 @@ def test_timm_pth_matches_source_forward(tmp_path, make, reference, wrapper):
     sd = make()
     obj = sd if wrapper is None else {wrapper: sd, "epoch": torch.tensor(3)}
     path = save_pth(tmp_path / "timm.pth", obj)
-    arrays = timm.read_torch(path)
+    arrays = readers.read_torch(path)
     assert arrays.keys() == sd.keys()
-    checkpoint = convert.read_checkpoint(path)
+    checkpoint = checkpoints.read_checkpoint(path)
     assert checkpoint.source == "timm"
     x = images()
     assert_close(checkpoint, x, reference(sd, nchw(x)))
@@ -424,7 +424,7 @@ def test_pth_with_python_objects_is_refused(tmp_path):
     args = argparse.Namespace(model="resmlp_12")
     torch.save({"model": {"w": torch.zeros(2)}, "args": args}, str(path))
     with pytest.raises(ValueError, match="weights_only") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     assert str(path) in str(info.value)
 
 
@@ -445,13 +445,13 @@ def test_reference_catches_converter_bugs(source, mutation):
     x = images()
     if source == "flax":
         params = flax_mixer_params()
-        checkpoint, expected = flax_npz.convert(params), ref.flax_mixer_logits(params, x)
+        checkpoint, expected = flax_mixer.convert(params), ref.flax_mixer_logits(params, x)
     elif source == "timm_resmlp":
         sd = timm_resmlp_state_dict()
-        checkpoint, expected = timm.convert(sd), ref.timm_resmlp_logits(sd, nchw(x))
+        checkpoint, expected = timm_mlp_mixer.convert(sd), ref.timm_resmlp_logits(sd, nchw(x))
     else:
         sd = timm_mixer_state_dict()
-        checkpoint, expected = timm.convert(sd), ref.timm_mixer_logits(sd, nchw(x))
+        checkpoint, expected = timm_mlp_mixer.convert(sd), ref.timm_mixer_logits(sd, nchw(x))
     t = checkpoint.tensors
     if mutation == "swap_norms":
         for name in ("gamma", "beta"):
@@ -469,7 +469,7 @@ def test_reference_catches_converter_bugs(source, mutation):
         t["stem/proj/kernel"] = np.ascontiguousarray(t["stem/proj/kernel"].transpose(1, 0, 2, 3))
     elif mutation == "wrong_gelu":
         checkpoint.approximate_gelu = not checkpoint.approximate_gelu
-    error = rel_error(keras_logits(checkpoint, x), expected)
+    error = rel_err(keras_logits(checkpoint, x), expected)
     # tanh and erf GELU differ by < 5e-4 anywhere: small, yet several times
     # the tolerance of the comparison.
     assert error > (3 * RTOL if mutation == "wrong_gelu" else 1e-3), error
@@ -498,29 +498,29 @@ def vit_npz_arrays():
 def test_vit_npz_is_not_an_mlp_mixer(tmp_path):
     path = save_npz(tmp_path / "ViT-B_16.npz", vit_npz_arrays())
     with pytest.raises(ValueError, match="not an MLP-Mixer") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     message = str(info.value)
     assert str(path) in message
     assert "Vision Transformer" in message
     with pytest.raises(ValueError, match="not an MLP-Mixer"):
-        flax_npz.convert(flax_npz.read(path))
+        flax_mixer.convert(readers.read_npz(path))
 
 
 @pytest.mark.parametrize("make", [timm_resmlp_state_dict, deit_resmlp_state_dict])
 def test_resmlp_state_dict_fed_to_flax_reader(tmp_path, make):
     path = save_npz(tmp_path / "resmlp.npz", make())
     with pytest.raises(ValueError, match="not an MLP-Mixer") as info:
-        flax_npz.convert(flax_npz.read(path))
+        flax_mixer.convert(readers.read_npz(path))
     assert "ResMLP" in str(info.value)
 
 
 def test_flax_mixer_fed_to_timm_and_deit_converters():
     params = flax_mixer_params()
     with pytest.raises(ValueError, match="not a timm MLP-Mixer or ResMLP") as info:
-        timm.convert(params)
+        timm_mlp_mixer.convert(params)
     assert "Flax" in str(info.value)
     with pytest.raises(ValueError, match="not a deit ResMLP"):
-        deit.convert(params)
+        deit_resmlp.convert(params)
 
 
 def test_deit_vit_is_not_a_resmlp():
@@ -538,39 +538,46 @@ def test_deit_vit_is_not_a_resmlp():
         "head.bias": _rand(rng, 7),
     }
     with pytest.raises(ValueError, match="not a deit ResMLP") as info:
-        deit.convert(vit)
+        deit_resmlp.convert(vit)
     assert "Vision Transformer" in str(info.value)
 
 
-def test_timm_gated_mlp_is_rejected_by_shape():
-    # timm's gmixer (GluMlp): fc1 is twice as wide as fc2's input.
+def test_timm_gated_mlp_is_rejected_by_shape(tmp_path):
+    # timm's gmixer (GluMlp): fc1 is twice as wide as fc2's input. The
+    # model's variables refuse it, naming the source key.
     sd = timm_mixer_state_dict()
     rng = np.random.default_rng(7)
     for i in range(BLOCKS):
         sd[f"blocks.{i}.mlp_channels.fc1.weight"] = _rand(rng, 2 * CHANNELS_MLP, DIM)
         sd[f"blocks.{i}.mlp_channels.fc1.bias"] = _rand(rng, 2 * CHANNELS_MLP)
-    with pytest.raises(ValueError, match="mlp_channels.fc2.weight"):
-        timm.convert(sd)
+    path = save_safetensors(tmp_path / "gmixer.safetensors", sd)
+    with pytest.raises(ValueError, match=r"'block_0/channel_mixing/fc1/kernel' \(source key 'blocks.0.mlp_channels.fc1.weight'\) has shape \(24, 96\), the model expects \(24, 48\)") as info:
+        keras_mixer.MLPMixer(
+            patch_size=PATCH, hidden_dim=DIM, num_blocks=BLOCKS,
+            tokens_mlp_dim=TOKENS_MLP, channels_mlp_dim=CHANNELS_MLP,
+            input_shape=(SIZE, SIZE, CHANNELS), classes=CLASSES, weights=path,
+        )
+    assert str(path) in str(info.value)
 
 
 def test_missing_and_extra_keys_are_named():
     sd = timm_mixer_state_dict()
     del sd["blocks.1.norm2.bias"]
     with pytest.raises(ValueError, match=r"missing.*blocks\.1\.norm2\.bias"):
-        timm.convert(sd)
+        timm_mlp_mixer.convert(sd)
     params = flax_mixer_params()
     params["MixerBlock_0/extra/kernel"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="MixerBlock_0/extra/kernel"):
-        flax_npz.convert(params)
+        flax_mixer.convert(params)
     sd = deit_resmlp_state_dict()
     del sd["head.bias"]
     with pytest.raises(ValueError, match="head.bias"):
-        deit.convert(sd)
+        deit_resmlp.convert(sd)
 
 
 def test_checkpoint_without_head():
     sd = {k: v for k, v in deit_resmlp_state_dict().items() if not k.startswith("head.")}
-    checkpoint = deit.convert(sd)
+    checkpoint = deit_resmlp.convert(sd)
     assert checkpoint.num_classes is None
     assert not any(k.startswith("head/") for k in checkpoint.tensors)
 
@@ -597,18 +604,18 @@ def _write_container(kind, tmp_path):
 def test_truncated_file_names_the_file(tmp_path, kind):
     path = truncate(_write_container(kind, tmp_path))
     with pytest.raises(ValueError, match="truncated") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     assert str(path) in str(info.value)
 
 
 def test_truncated_file_readers_name_the_file(tmp_path):
     npz = truncate(save_npz(tmp_path / "Mixer.npz", flax_mixer_params()))
     with pytest.raises(ValueError, match="not a readable .npz") as info:
-        flax_npz.read(npz)
+        readers.read_npz(npz)
     assert str(npz) in str(info.value) and "download it again" in str(info.value)
     st = truncate(save_safetensors(tmp_path / "m.safetensors", timm_mixer_state_dict()))
     with pytest.raises(ValueError, match="not a readable safetensors") as info:
-        timm.read_safetensors(st)
+        readers.read_safetensors(st)
     assert str(st) in str(info.value)
 
 
@@ -618,7 +625,7 @@ def test_safetensors_truncated_inside_its_header(tmp_path):
     header = int.from_bytes(data[:8], "little")
     path.write_bytes(data[: 8 + header // 2])
     with pytest.raises(ValueError, match="truncated safetensors") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     assert str(path) in str(info.value)
 
 
@@ -626,7 +633,7 @@ def test_empty_file(tmp_path):
     path = tmp_path / "empty.npz"
     path.write_bytes(b"")
     with pytest.raises(ValueError, match="empty") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     assert str(path) in str(info.value)
 
 
@@ -643,7 +650,7 @@ def test_unknown_format_lists_accepted_formats(tmp_path, content):
     path = tmp_path / "weights.bin"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="Accepted formats") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     message = str(info.value)
     assert str(path) in message
     for fmt in (".npz", "safetensors", ".pth"):
@@ -655,17 +662,17 @@ def test_zip_of_other_files_is_not_accepted(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("readme.txt", "hello")
     with pytest.raises(ValueError, match="Accepted formats"):
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
 
 
 def test_npz_object_arrays_are_refused(tmp_path):
     path = tmp_path / "pickled.npz"
     np.savez(path, **flax_mixer_params(), meta=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="pickled") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     assert str(path) in str(info.value)
     with pytest.raises(ValueError, match="allow_pickle=False"):
-        flax_npz.read(path)
+        readers.read_npz(path)
 
 
 def test_np_load_is_called_with_allow_pickle_false(tmp_path, monkeypatch):
@@ -678,7 +685,7 @@ def test_np_load_is_called_with_allow_pickle_false(tmp_path, monkeypatch):
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(np, "load", spy)
-    flax_npz.read(path)
+    readers.read_npz(path)
     assert calls and all(c.get("allow_pickle") is False for c in calls)
 
 
@@ -686,16 +693,16 @@ def test_torch_file_without_torch_says_how_to_fix(tmp_path, monkeypatch):
     path = fake_torch_zip(tmp_path / "model.pth")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails
     with pytest.raises(ImportError, match="pip install torch") as info:
-        convert.read_checkpoint(path)
+        checkpoints.read_checkpoint(path)
     assert isinstance(info.value, ValueError)
     assert "safetensors" in str(info.value) and str(path) in str(info.value)
 
 
 def test_container_detection(tmp_path):
-    assert convert.detect_container(save_npz(tmp_path / "a.npz", {"x": np.zeros(2)})) == "npz"
+    assert checkpoints.detect_container(save_npz(tmp_path / "a.npz", {"x": np.zeros(2)})) == "npz"
     st = save_safetensors(tmp_path / "a.safetensors", {"x": np.zeros(2, np.float32)})
-    assert convert.detect_container(st) == "safetensors"
-    assert convert.detect_container(fake_torch_zip(tmp_path / "a.pth")) == "torch"
+    assert checkpoints.detect_container(st) == "safetensors"
+    assert checkpoints.detect_container(fake_torch_zip(tmp_path / "a.pth")) == "torch"
     legacy = tmp_path / "legacy.pth"
     legacy.write_bytes(pickle.dumps({"a": 1}, protocol=2))
-    assert convert.detect_container(legacy) == "torch"
+    assert checkpoints.detect_container(legacy) == "torch"

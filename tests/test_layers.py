@@ -1,6 +1,10 @@
-"""Each layer on its own: shapes, config round trip, gradients, semantics."""
+"""Each layer on its own: shapes, config round trip, gradients, semantics.
+
+The shared layers of `keras_mixer.layers` and the blocks of every family
+(`keras_mixer.models.<family>`)."""
 
 import importlib.util
+import math
 import os
 
 import keras
@@ -9,6 +13,8 @@ import pytest
 import tensorflow as tf
 
 from keras_mixer import layers as L
+from keras_mixer.models import mixer
+from keras_mixer.models import resmlp
 
 _spec = importlib.util.spec_from_file_location(
     "_keras_mixer_tests_reference",
@@ -21,23 +27,26 @@ RNG = np.random.default_rng(0)
 TOKENS = (2, 6, 8)  # batch, tokens, channels
 IMAGE = (2, 8, 12, 3)
 
-# (factory, input shape) for every layer of keras_mixer.layers.
+# Every module that defines layers: the shared ones and each family's.
+LAYER_MODULES = (L, mixer, resmlp)
+
+# (factory, input shape) for every layer of LAYER_MODULES.
 LAYER_CASES = {
     "Normalize": (lambda: L.Normalize([0.4, 0.5, 0.6], [0.2, 0.3, 0.4]), IMAGE),
     "PatchEmbedding": (lambda: L.PatchEmbedding(4, 8), IMAGE),
-    "TokenDense": (lambda: L.TokenDense(5), TOKENS),
+    "Dense": (lambda: L.Dense(5, activation="gelu"), TOKENS),
     "MlpBlock_channels": (lambda: L.MlpBlock(16, axis=-1), TOKENS),
     "MlpBlock_tokens": (lambda: L.MlpBlock(4, axis=1, dropout_rate=0.1), TOKENS),
     "DropPath": (lambda: L.DropPath(0.3, seed=1), TOKENS),
     "LayerNorm": (lambda: L.LayerNorm(), TOKENS),
-    "MixerBlock": (lambda: L.MixerBlock(4, 16, drop_path_rate=0.1), TOKENS),
+    "MixerBlock": (lambda: mixer.MixerBlock(4, 16, drop_path_rate=0.1), TOKENS),
     "Affine": (lambda: L.Affine(), TOKENS),
     "LayerScale": (lambda: L.LayerScale(0.1), TOKENS),
-    "ResMLPBlock": (lambda: L.ResMLPBlock(1e-5, drop_path_rate=0.1), TOKENS),
+    "ResMLPBlock": (lambda: resmlp.ResMLPBlock(1e-5, drop_path_rate=0.1), TOKENS),
 }
 EXPECTED_SHAPES = {
     "PatchEmbedding": (2, 6, 8),
-    "TokenDense": (2, 5, 8),
+    "Dense": (2, 6, 5),
 }
 
 
@@ -49,8 +58,11 @@ def _randomise(layer):
 def test_every_layer_is_covered():
     public = {
         name
-        for name, obj in vars(L).items()
-        if isinstance(obj, type) and issubclass(obj, keras.layers.Layer)
+        for module in LAYER_MODULES
+        for name, obj in vars(module).items()
+        if isinstance(obj, type)
+        and issubclass(obj, keras.layers.Layer)
+        and obj.__module__ == module.__name__
     }
     covered = {name.split("_")[0] for name in LAYER_CASES}
     assert public == covered
@@ -97,14 +109,21 @@ def test_gradient_reaches_every_trainable_weight(case):
         assert float(tf.reduce_max(tf.abs(g))) > 0, v.path
 
 
-def test_token_dense_equals_dense_on_swapped_axes():
-    x = RNG.normal(size=TOKENS).astype("float32")
-    layer = L.TokenDense(5)
-    layer(x)
-    _randomise(layer)
-    kernel, bias = (np.asarray(w, "float64") for w in layer.get_weights())
-    expected = np.swapaxes(np.swapaxes(x, 1, 2) @ kernel + bias, 1, 2)
-    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("shape", [(6, 8), TOKENS, (2, 3, 4, 8)])
+def test_dense_equals_keras_dense_at_any_rank(shape):
+    x = RNG.normal(size=shape).astype("float32")
+    ours = L.Dense(5, activation="gelu")
+    theirs = keras.layers.Dense(5, activation="gelu")
+    ours.build(shape)
+    theirs.build(shape)
+    _randomise(ours)
+    theirs.set_weights(ours.get_weights())
+    assert ours.get_config() | {"name": None} == theirs.get_config() | {"name": None}
+    kernel, bias = (np.asarray(w, "float64") for w in ours.get_weights())
+    h = x @ kernel + bias
+    expected = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
+    np.testing.assert_allclose(ours(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_block_over_tokens_is_the_channel_mlp_on_the_transpose():
@@ -119,6 +138,25 @@ def test_mlp_block_over_tokens_is_the_channel_mlp_on_the_transpose():
     np.testing.assert_allclose(tokens_mlp(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_mlp_block_calls_its_dense_sublayers(monkeypatch):
+    """fc1 and fc2 are the layers that compute: a Dense call that returns
+    zeros makes the whole MLP return zeros."""
+    calls = []
+
+    def zero_call(self, inputs, training=None):
+        calls.append(self.name)
+        return keras.ops.zeros((inputs.shape[0], self.units))
+
+    block = L.MlpBlock(4)
+    x = RNG.normal(size=TOKENS).astype("float32")
+    block(x)
+    _randomise(block)
+    assert float(np.max(np.abs(block(x)))) > 0
+    monkeypatch.setattr(L.Dense, "call", zero_call)
+    np.testing.assert_array_equal(block(x), np.zeros(TOKENS, "float32"))
+    assert calls == ["fc1", "fc2"]
+
+
 @pytest.mark.parametrize("approximate", [True, False])
 def test_mlp_block_gelu_flavour(approximate):
     block = L.MlpBlock(3, approximate_gelu=approximate)
@@ -129,9 +167,7 @@ def test_mlp_block_gelu_flavour(approximate):
     if approximate:
         g = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
     else:
-        from math import erf
-
-        g = 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
+        g = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
     np.testing.assert_allclose(block(x)[0, 0], g @ w2 + b2, rtol=1e-5)
 
 
@@ -186,7 +222,7 @@ def test_affine_and_layerscale_initial_values():
 
 
 def test_mixer_block_layer_norms_are_separate():
-    block = L.MixerBlock(4, 16, name="block_0")
+    block = mixer.MixerBlock(4, 16, name="block_0")
     block(np.zeros(TOKENS, "float32"))
     assert block.norm1 is not block.norm2
     assert block.norm1.epsilon == block.norm2.epsilon == 1e-6
@@ -202,8 +238,8 @@ def test_mixer_block_layer_norms_are_separate():
         (lambda: L.MlpBlock(8, axis=2), "axis` must be -1"),
         (lambda: L.MlpBlock(-1), "mlp_dim` must be a positive"),
         (lambda: L.DropPath(1.0), r"rate` must be in \[0, 1\)"),
-        (lambda: L.MixerBlock(4, 0), "channels_mlp_dim` must be a positive"),
-        (lambda: L.ResMLPBlock(0.1, mlp_ratio=0), "mlp_ratio` must be positive"),
+        (lambda: mixer.MixerBlock(4, 0), "channels_mlp_dim` must be a positive"),
+        (lambda: resmlp.ResMLPBlock(0.1, mlp_ratio=0), "mlp_ratio` must be positive"),
     ],
 )
 def test_layer_argument_errors(factory, message):
@@ -226,7 +262,7 @@ def test_tensorflow_graph_of_an_mlp_is_2d_matmul_and_bias_add(axis):
 
 
 def test_mixed_bfloat16_block_computes_in_bfloat16():
-    block = L.MixerBlock(4, 8, dtype="mixed_bfloat16")
+    block = mixer.MixerBlock(4, 8, dtype="mixed_bfloat16")
     y = block(RNG.normal(size=TOKENS).astype("float32"))
     assert y.dtype == "bfloat16"
     assert block.token_mixing.fc1.kernel.dtype == "float32"

@@ -36,7 +36,7 @@ def test_config_errors_name_what_is_known():
         recipes.get_config("default", lr=0.1)
     with pytest.raises(ValueError, match="Unknown optimizer 'adam'"):
         recipes.get_config("default", optimizer="adam")
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
         recipes.get_config("default", batch_size=0)
     config = recipes.get_config("mixer_b16_imagenet", epochs=3, mixup=0.0)
     assert (config["epochs"], config["mixup"], config["config"]) == (3, 0.0, "mixer_b16_imagenet")

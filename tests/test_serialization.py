@@ -93,7 +93,7 @@ def test_layer_norm_statistics_in_float32(policy):
     would cancel catastrophically; float32 statistics recover the signal."""
     keras.config.set_dtype_policy(policy)
     half = policy.split("_")[1]
-    block = keras_mixer.layers.MixerBlock(4, 8)
+    block = keras_mixer.models.mixer.MixerBlock(4, 8)
     rng = np.random.default_rng(4)
     signal = rng.normal(size=(2, 6, 64))
     x = keras.ops.cast(200.0 + signal, half)
@@ -109,10 +109,10 @@ def test_layer_norm_statistics_in_float32(policy):
     assert np.max(np.abs(y - ref)) < tol * np.max(np.abs(ref))
 
 
-# The dataset paths of a one-block Mixer's .weights.h5, as saved at git
-# 3928d69 (before keras_mixer.layers.LayerNorm). Keras names a functional
-# model's top-level layers by class in these files, so swapping a layer's
-# class (e.g. pre_head_norm) would make older files fail to load.
+# The dataset paths of a one-block Mixer's .weights.h5. Keras names a
+# functional model's top-level layers by class in these files (and nested
+# ones by attribute), so swapping a layer's class (e.g. pre_head_norm) or
+# renaming a sublayer attribute would make saved files fail to load.
 MIXER_WEIGHTS_H5_PATHS = [
     f"layers/{layer}/vars/{i}"
     for layer in (

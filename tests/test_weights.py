@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import http.server
+import importlib.util
 import io
 import logging
 import os
@@ -13,9 +14,19 @@ import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import convert
-from keras_mixer import resize
-from keras_mixer import weights as W
+from keras_mixer import presets
+from keras_mixer.checkpoints import Checkpoint
+from keras_mixer.checkpoints import assign
+from keras_mixer.checkpoints import download
+from keras_mixer.checkpoints import resize
+from keras_mixer.models import _builder
+
+_spec = importlib.util.spec_from_file_location(
+    "_keras_mixer_tests_reference",
+    os.path.join(os.path.dirname(__file__), "reference.py"),
+)
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
 
 RNG = np.random.default_rng(0)
 
@@ -25,11 +36,6 @@ def _randomise(model, seed=0):
     for v in model.weights:
         fan_in = v.shape[0] if len(v.shape) == 2 else 1
         v.assign(rng.normal(size=v.shape) / np.sqrt(max(fan_in, 1)))
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
-    return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
 # --- The table ---------------------------------------------------------------
@@ -54,31 +60,31 @@ FIELDS = {
 
 def test_table_has_every_published_name_with_all_fields():
     for model, names in ISSUE_NAMES.items():
-        assert names <= set(W.WEIGHTS[model]), model
+        assert names <= set(presets.WEIGHTS[model]), model
     filenames = set()
-    for model, entries in W.WEIGHTS.items():
+    for model, entries in presets.WEIGHTS.items():
         assert model in keras_mixer.MODELS
         for name, entry in entries.items():
             assert set(entry) == FIELDS, (model, name)
             assert entry["url"].startswith("https://")
             assert entry["format"] in ("flax_npz", "torch")
-            assert entry["preprocessing"] in keras_mixer.common.PREPROCESSING_MODES
+            assert entry["preprocessing"] in _builder.PREPROCESSING_MODES
             assert entry["classes"] in keras_mixer.labels.LABEL_SETS
             # Google's file names repeat across collections: cache names don't.
             assert entry["filename"] not in filenames
             filenames.add(entry["filename"])
             google = entry["format"] == "flax_npz"
             assert entry["approximate_gelu"] is google
-    assert W.WEIGHTS["MixerB16"]["imagenet1k"]["url"] == (
+    assert presets.WEIGHTS["MixerB16"]["imagenet1k"]["url"] == (
         "https://storage.googleapis.com/mixer_models/imagenet1k/Mixer-B_16.npz"
     )
-    assert W.WEIGHTS["MixerB16"]["imagenet21k"]["classes"] == 21843
+    assert presets.WEIGHTS["MixerB16"]["imagenet21k"]["classes"] == 21843
 
 
 def test_timm_file_names_carry_a_verified_hash_prefix():
-    entry = W.WEIGHTS["MixerB16"]["goog_in21k_ft_in1k"]
-    assert W.expected_hash(entry) == (None, "76587d61")
-    assert W.expected_hash(W.WEIGHTS["MixerB16"]["imagenet1k"]) == (None, None)
+    entry = presets.WEIGHTS["MixerB16"]["goog_in21k_ft_in1k"]
+    assert download.expected_hash(entry) == (None, "76587d61")
+    assert download.expected_hash(presets.WEIGHTS["MixerB16"]["imagenet1k"]) == (None, None)
 
 
 def test_list_weights_prints_the_table():
@@ -86,7 +92,7 @@ def test_list_weights_prints_the_table():
     table = keras_mixer.list_weights("MixerB16", file=out)
     text = out.getvalue()
     assert set(table) == {"MixerB16"}
-    for name in W.WEIGHTS["MixerB16"]:
+    for name in presets.WEIGHTS["MixerB16"]:
         assert f"  {name}: " in text
     assert "mixer_models/imagenet21k/Mixer-B_16.npz" in text
     with pytest.raises(ValueError, match="No pretrained weights are published for 'MixerH14'"):
@@ -137,23 +143,23 @@ def served(tmp_path, monkeypatch):
     (folder / "file.npz").write_bytes(payload)
     with _Server(folder) as server:
         entry = dict(
-            W.WEIGHTS["MixerS32"]["gsam"],
+            presets.WEIGHTS["MixerS32"]["gsam"],
             url=f"{server.url}/file.npz",
             filename="test_file.npz",
             sha256=hashlib.sha256(payload).hexdigest(),
         )
-        monkeypatch.setitem(W.WEIGHTS["MixerS32"], "test", entry)
+        monkeypatch.setitem(presets.WEIGHTS["MixerS32"], "test", entry)
         server.folder = folder
         yield server, entry, payload
 
 
 def test_download_then_cache_hit(served):
     server, entry, payload = served
-    path = W.fetch("MixerS32", "test")
-    assert path == os.path.join(W.cache_dir(), "test_file.npz")
+    path = download.fetch("MixerS32", "test")
+    assert path == os.path.join(download.cache_dir(), "test_file.npz")
     assert open(path, "rb").read() == payload
     assert server.requests == ["/file.npz"]
-    assert W.fetch("MixerS32", "test") == path
+    assert download.fetch("MixerS32", "test") == path
     assert server.requests == ["/file.npz"]  # no second download
 
 
@@ -161,8 +167,8 @@ def test_checksum_mismatch_removes_the_file(served, monkeypatch):
     server, entry, payload = served
     monkeypatch.setitem(entry, "sha256", "0" * 64)
     with pytest.raises(ValueError, match="Checksum mismatch .* was removed"):
-        W.fetch("MixerS32", "test")
-    assert not os.path.exists(os.path.join(W.cache_dir(), "test_file.npz"))
+        download.fetch("MixerS32", "test")
+    assert not os.path.exists(os.path.join(download.cache_dir(), "test_file.npz"))
 
 
 def test_hash_prefix_in_file_name_is_verified(served, monkeypatch):
@@ -171,21 +177,21 @@ def test_hash_prefix_in_file_name_is_verified(served, monkeypatch):
     monkeypatch.setitem(entry, "sha256", None)
     monkeypatch.setitem(entry, "url", f"{server.url}/file-{good}.npz")
     (server.folder / f"file-{good}.npz").write_bytes(payload)
-    os.remove(W.fetch("MixerS32", "test"))  # verified, then removed here
+    os.remove(download.fetch("MixerS32", "test"))  # verified, then removed here
     (server.folder / f"file-{good}.npz").write_bytes(payload + b"tampered")
     with pytest.raises(ValueError, match=f"expected sha256 {good}"):
-        W.fetch("MixerS32", "test")
-    assert not os.path.exists(os.path.join(W.cache_dir(), "test_file.npz"))
+        download.fetch("MixerS32", "test")
+    assert not os.path.exists(os.path.join(download.cache_dir(), "test_file.npz"))
 
 
 def test_offline_error_names_the_url_and_where_to_put_the_file(served, monkeypatch):
     server, entry, payload = served
     monkeypatch.setitem(entry, "url", f"{server.url}/missing.npz")
     with pytest.raises(ValueError) as info:
-        W.fetch("MixerS32", "test")
+        download.fetch("MixerS32", "test")
     message = str(info.value)
     assert f"{server.url}/missing.npz" in message
-    assert os.path.join(W.cache_dir(), "test_file.npz") in message
+    assert os.path.join(download.cache_dir(), "test_file.npz") in message
     assert "KERAS_MIXER_WEIGHTS_DIR" in message
 
 
@@ -195,7 +201,7 @@ def test_weights_dir_skips_the_network(served, tmp_path, monkeypatch):
     local.mkdir()
     (local / "test_file.npz").write_bytes(payload)
     monkeypatch.setenv("KERAS_MIXER_WEIGHTS_DIR", str(local))
-    assert W.fetch("MixerS32", "test") == str(local / "test_file.npz")
+    assert download.fetch("MixerS32", "test") == str(local / "test_file.npz")
     assert server.requests == []
 
 
@@ -224,11 +230,11 @@ def test_tiled_image_gives_the_small_models_logits(family, new_shape):
     image = RNG.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     tiled = np.tile(image, (1, kh, kw, 1))
     expected = np.asarray(small(image))
-    assert _rel(large(tiled), expected) < 1e-5
+    assert reference.rel_err(large(tiled), expected) < 1e-5
     # A non-tiled image does not give those logits: the test can fail.
     other = tiled.copy()
     other[:, :32, :32] = RNG.uniform(0, 255, (2, 32, 32, 3))
-    assert _rel(large(other), expected) > 1e-3
+    assert reference.rel_err(large(other), expected) > 1e-3
 
 
 def test_blocks_are_permuted_not_contiguous():
@@ -254,13 +260,13 @@ def test_non_integer_factor_is_refused():
 def test_other_class_count_and_no_top_load_all_but_the_head(caplog):
     source = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10)
     _randomise(source)
-    checkpoint = convert.Checkpoint(
+    checkpoint = Checkpoint(
         tensors={v.path: np.asarray(v) for v in source.weights},
         family="mixer", source="keras", approximate_gelu=True,
     )
     target = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=3)
     with caplog.at_level(logging.WARNING, logger="keras_mixer"):
-        W.assign_checkpoint(target, checkpoint)
+        assign.assign_checkpoint(target, checkpoint)
     assert "head has 10 classes, the model 3" in caplog.text
     assert np.all(np.asarray(target.get_layer("head").kernel) == 0)
     np.testing.assert_array_equal(
@@ -269,12 +275,12 @@ def test_other_class_count_and_no_top_load_all_but_the_head(caplog):
     backbone = keras_mixer.MixerS32(input_shape=(64, 64, 3), include_top=False)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="keras_mixer"):
-        W.assign_checkpoint(backbone, checkpoint)
+        assign.assign_checkpoint(backbone, checkpoint)
     assert "no head (include_top=False)" in caplog.text
     headless = {k: v for k, v in checkpoint.tensors.items() if not k.startswith("head/")}
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="keras_mixer"):
-        W.assign_checkpoint(target, convert.Checkpoint(headless, "mixer", "keras", True))
+        assign.assign_checkpoint(target, Checkpoint(headless, "mixer", "keras", True))
     assert "the checkpoint has no head" in caplog.text
     x = RNG.uniform(0, 255, (1, 64, 64, 3))
     features = keras_mixer.feature_extractor(source)(x)["pre_head_norm"]
@@ -285,15 +291,23 @@ def test_mismatched_tensor_names_path_and_shapes():
     source = keras_mixer.MixerS32(input_shape=(64, 64, 3))
     tensors = {v.path: np.asarray(v) for v in source.weights}
     other = keras_mixer.MixerS16(input_shape=(64, 64, 3))
-    checkpoint = convert.Checkpoint(tensors, "mixer", "keras", True)
+    checkpoint = Checkpoint(tensors, "mixer", "keras", True)
     with pytest.raises(ValueError, match=r"'stem/proj/kernel' has shape \(32, 32, 3, 512\), the model expects \(16, 16, 3, 512\)"):
-        W.assign_checkpoint(other, checkpoint)
+        assign.assign_checkpoint(other, checkpoint)
     del tensors["block_3/norm2/gamma"]
     with pytest.raises(ValueError, match=r"no tensor for 'block_3/norm2/gamma' \(expected shape \(512,\)\)"):
-        W.assign_checkpoint(source, convert.Checkpoint(tensors, "mixer", "keras", True))
+        assign.assign_checkpoint(source, Checkpoint(tensors, "mixer", "keras", True))
     resmlp = keras_mixer.ResMLP12(input_shape=(32, 32, 3))
+    with pytest.raises(ValueError, match="of another architecture"):
+        assign.assign_checkpoint(resmlp, checkpoint)
+
+
+def test_checkpoint_of_another_family_is_refused_before_building(tmp_path):
+    source = keras_mixer.MixerS32(input_shape=(64, 64, 3))
+    path = tmp_path / "Mixer-S_32.npz"
+    to_official_npz(source, path)
     with pytest.raises(ValueError, match="is a mixer checkpoint .* but 'resmlp_12' is a resmlp model"):
-        W.assign_checkpoint(resmlp, checkpoint)
+        keras_mixer.ResMLP12(weights=str(path), input_shape=(32, 32, 3))
 
 
 def test_decode_predictions():
@@ -348,12 +362,12 @@ def test_named_weights_download_load_and_resize(tmp_path, monkeypatch):
     digest = hashlib.sha256((www / "Mixer-S_32.npz").read_bytes()).hexdigest()
     with _Server(www) as server:
         entry = dict(
-            W.WEIGHTS["MixerS32"]["gsam"],
+            presets.WEIGHTS["MixerS32"]["gsam"],
             url=f"{server.url}/Mixer-S_32.npz",
             filename="e2e_Mixer-S_32.npz",
             sha256=digest,
         )
-        monkeypatch.setitem(W.WEIGHTS["MixerS32"], "e2e", entry)
+        monkeypatch.setitem(presets.WEIGHTS["MixerS32"], "e2e", entry)
         model = keras_mixer.MixerS32(weights="e2e", classifier_activation=None)
         large = keras_mixer.MixerS32(
             weights="e2e", input_shape=(448, 448, 3), classifier_activation=None
@@ -362,9 +376,9 @@ def test_named_weights_download_load_and_resize(tmp_path, monkeypatch):
     assert model.get_layer("block_0").approximate_gelu is True
     x = RNG.uniform(0, 255, (2, 224, 224, 3)).astype("float32")
     expected = np.asarray(source(x))
-    assert _rel(model(x), expected) < 1e-6
+    assert reference.rel_err(model(x), expected) < 1e-6
     assert large.get_layer("block_0").tokens_mlp_dim == 4 * 256
-    assert _rel(large(np.tile(x, (1, 2, 2, 1))), expected) < 1e-5
+    assert reference.rel_err(large(np.tile(x, (1, 2, 2, 1))), expected) < 1e-5
     # Fine-tuning on 10 classes is one line: all but the head, a zero head.
     tuned = keras_mixer.MixerS32(
         weights=str(tmp_path / "keras_home/models/keras_mixer/e2e_Mixer-S_32.npz"),

@@ -17,8 +17,8 @@ parameter of `vit_jax/models_mixer.py`, the parameter tree flattened with '/'
 
 Flax kernels are `(in, out)` like Keras, and the token-mixing Dense layers act
 on the tokens axis of the swapped token table, so their kernels are
-`(tokens_in, tokens_out)` as `keras_mixer.layers.TokenDense`: no array is
-transposed. Flax's `nn.gelu` is the tanh approximation and its LayerNorm
+`(tokens_in, tokens_out)`, as Keras's Dense on the transposed table: no array
+is transposed. Flax's `nn.gelu` is the tanh approximation and its LayerNorm
 epsilon is 1e-6.
 
 Tolerated variations: a `params/` or `opt/target/` prefix (the latter from a
@@ -30,54 +30,12 @@ flattened with '.' instead of '/', and pre-Linen module numbering (e.g.
 
 import re
 
-import numpy as np
+from keras_mixer.checkpoints import _plan
 
-from keras_mixer.convert import Checkpoint
-from keras_mixer.convert import _common
-
+# What `read_checkpoint` says a file of this layout has, when none matches.
+EXPECTED = "Flax names ('stem/kernel', 'MixerBlock_0/...')"
 PREFIXES = ("opt/target/", "optimizer/target/", "params/")
 _MODULE_NUM = re.compile(r"^(.*)_(\d+)$")
-
-
-def read(path):
-    """Reads an `.npz` file into {name: array}, never unpickling anything.
-
-    Raises:
-        ValueError: the file is not a readable `.npz` (truncated, corrupt, not
-            a zip of `.npy` arrays) or holds pickled Python objects.
-    """
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # noqa: BLE001 - every decoding failure
-        raise _refused_or_unreadable(path, error) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise _unreadable(path, "it holds a single array, not an archive")
-    try:
-        with data:
-            return {name: np.asarray(data[name]) for name in data.files}
-    except Exception as error:  # noqa: BLE001 - e.g. zlib.error, EOFError
-        raise _refused_or_unreadable(path, error) from None
-
-
-def _refused_or_unreadable(path, error):
-    if isinstance(error, ValueError) and "allow_pickle" in str(error):
-        return ValueError(
-            f"{path} holds pickled Python objects (object arrays or a "
-            "pickle); keras_mixer reads .npz files with allow_pickle=False "
-            "and refuses them. Official MLP-Mixer checkpoints hold numeric "
-            "arrays only."
-        )
-    return _unreadable(path, error)
-
-
-def _unreadable(path, error):
-    return ValueError(
-        f"{path} is not a readable .npz file ({error}). It may be truncated "
-        "or corrupt: download it again (official MLP-Mixer checkpoints are at "
-        "https://storage.googleapis.com/mixer_models/)."
-    )
 
 
 def _natural_key(name):
@@ -138,27 +96,36 @@ def normalize_names(arrays):
     return dict(_flatten(_renumber(tree)))
 
 
-def _plan(names):
+def matches(keys):
+    """True for names of the Flax layout, '/'-separated or flattened with
+    '.' (`MixerBlock_0.LayerNorm_0.scale`, `stem.kernel`)."""
+    return any(
+        "/" in k or k.startswith("MixerBlock_") or k in ("stem.kernel", "stem.bias")
+        for k in keys
+    )
+
+
+def _key_plan(names):
     plan = {
-        "stem/kernel": ("stem/proj/kernel", _common.identity),
-        "stem/bias": ("stem/proj/bias", _common.identity),
-        "pre_head_layer_norm/scale": ("pre_head_norm/gamma", _common.identity),
-        "pre_head_layer_norm/bias": ("pre_head_norm/beta", _common.identity),
-        "head/kernel": ("head/kernel", _common.identity),
-        "head/bias": ("head/bias", _common.identity),
+        "stem/kernel": ("stem/proj/kernel", _plan.identity),
+        "stem/bias": ("stem/proj/bias", _plan.identity),
+        "pre_head_layer_norm/scale": ("pre_head_norm/gamma", _plan.identity),
+        "pre_head_layer_norm/bias": ("pre_head_norm/beta", _plan.identity),
+        "head/kernel": ("head/kernel", _plan.identity),
+        "head/bias": ("head/bias", _plan.identity),
     }
-    blocks = _common.block_indices(names, r"MixerBlock_(\d+)/")
+    blocks = _plan.block_indices(names, r"MixerBlock_(\d+)/")
     for i in range(max(blocks) + 1 if blocks else 0):
         src, dst = f"MixerBlock_{i}", f"block_{i}"
         for norm, target in (("LayerNorm_0", "norm1"), ("LayerNorm_1", "norm2")):
-            plan[f"{src}/{norm}/scale"] = (f"{dst}/{target}/gamma", _common.identity)
-            plan[f"{src}/{norm}/bias"] = (f"{dst}/{target}/beta", _common.identity)
+            plan[f"{src}/{norm}/scale"] = (f"{dst}/{target}/gamma", _plan.identity)
+            plan[f"{src}/{norm}/bias"] = (f"{dst}/{target}/beta", _plan.identity)
         for mlp in ("token_mixing", "channel_mixing"):
             for dense, fc in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
                 for param in ("kernel", "bias"):
                     plan[f"{src}/{mlp}/{dense}/{param}"] = (
                         f"{dst}/{mlp}/{fc}/{param}",
-                        _common.identity,
+                        _plan.identity,
                     )
     return plan, blocks
 
@@ -167,7 +134,7 @@ def convert(arrays):
     """Converts the arrays of an official MLP-Mixer `.npz` to a Checkpoint.
 
     Args:
-        arrays: {name: array} as returned by `read`.
+        arrays: {name: array}, e.g. from `readers.read_npz`.
 
     Returns:
         `Checkpoint(family="mixer", source="flax", approximate_gelu=True)`.
@@ -182,16 +149,16 @@ def convert(arrays):
         names = normalize_names(arrays)
     except ValueError as error:
         raise ValueError(f"not a Flax MLP-Mixer checkpoint: {error}.") from None
-    plan, blocks = _plan(names)
+    plan, blocks = _key_plan(names)
     if not blocks or "stem/kernel" not in names:
         raise ValueError(
             "not an MLP-Mixer checkpoint in Flax layout: expected arrays "
             "'stem/kernel' and 'MixerBlock_0/...', found "
-            f"{_common.format_keys(original)}."
-            + _common.wrong_architecture_hint(original)
+            f"{_plan.format_keys(original)}."
+            + _plan.wrong_architecture_hint(original)
         )
-    tensors, origin = _common.apply_plan(names, plan, "Flax MLP-Mixer")
-    _common.check_shapes(tensors, "mixer", origin, "Flax MLP-Mixer")
-    return Checkpoint(
-        tensors=tensors, family="mixer", source="flax", approximate_gelu=True
+    tensors, origin = _plan.apply_plan(names, plan, "Flax MLP-Mixer")
+    return _plan.Checkpoint(
+        tensors=tensors, family="mixer", source="flax", approximate_gelu=True,
+        source_keys=origin,
     )

@@ -19,16 +19,18 @@ variable each becomes:
 
 `attn` is not attention: it is the linear layer across patches. The published
 `.pth` files are state dicts, either flat or nested under `model` (deit's
-training checkpoints); `keras_mixer.convert.timm.read_torch` unwraps both.
-deit computes the exact (erf) GELU.
+training checkpoints); `keras_mixer.checkpoints.readers.read_torch` unwraps
+both. deit computes the exact (erf) GELU.
 """
 
-from keras_mixer.convert import Checkpoint
-from keras_mixer.convert import _common
-from keras_mixer.convert import timm
+from keras_mixer.checkpoints import _plan
+from keras_mixer.checkpoints import timm_mlp_mixer
+
+# What `read_checkpoint` says a file of this layout has, when none matches.
+EXPECTED = "deit keys ('patch_embed.proj.weight', 'blocks.0.attn.weight')"
 
 
-def is_deit_layout(keys):
+def matches(keys):
     """True when the keys are those of deit's ResMLP (or another deit model,
     which `convert` then rejects with a message)."""
     return "patch_embed.proj.weight" in set(keys)
@@ -57,8 +59,8 @@ def _to_deit(key):
     return key
 
 
-def _plan(keys):
-    plan, blocks = timm._plan([_to_timm(k) for k in keys], "resmlp")
+def _key_plan(keys):
+    plan, blocks = timm_mlp_mixer.key_plan([_to_timm(k) for k in keys], "resmlp")
     return {_to_deit(k): target for k, target in plan.items()}, blocks
 
 
@@ -79,15 +81,15 @@ def convert(state_dict):
     if isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]
     keys = list(state_dict)
-    plan, blocks = _plan(keys)
-    if not blocks or not is_deit_layout(keys):
+    plan, blocks = _key_plan(keys)
+    if not blocks or not matches(keys):
         raise ValueError(
             "not a deit ResMLP state dict: expected keys "
             "'patch_embed.proj.weight' and 'blocks.0.attn.weight', found "
-            f"{_common.format_keys(keys)}." + _common.wrong_architecture_hint(keys)
+            f"{_plan.format_keys(keys)}." + _plan.wrong_architecture_hint(keys)
         )
-    tensors, origin = _common.apply_plan(state_dict, plan, "deit ResMLP")
-    _common.check_shapes(tensors, "resmlp", origin, "deit ResMLP")
-    return Checkpoint(
-        tensors=tensors, family="resmlp", source="deit", approximate_gelu=False
+    tensors, origin = _plan.apply_plan(state_dict, plan, "deit ResMLP")
+    return _plan.Checkpoint(
+        tensors=tensors, family="resmlp", source="deit", approximate_gelu=False,
+        source_keys=origin,
     )

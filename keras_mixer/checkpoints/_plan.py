@@ -1,18 +1,69 @@
-"""Helpers shared by the checkpoint converters (private).
+"""What the key maps share: the `Checkpoint` they return and the plan they
+apply.
 
-A converter builds a *plan*: for every source key it expects, the Keras
+A key map builds a *plan*: for every source key it expects, the Keras
 variable path it becomes and the function that brings the array to Keras
-layout. `apply_plan` checks the source dict against the plan (unknown keys,
-missing keys, a half-present head) and `check_shapes` checks the converted
-tensors against each other, so that a checkpoint of another architecture fails
-with a message naming keys rather than deep inside Keras.
+layout (`linear`, `conv_oihw_to_hwio`, `vector`, `identity`). `apply_plan`
+checks the source dict against the plan (unknown keys, missing keys, a
+half-present head), so that a checkpoint of another layout fails with a
+message naming keys. Shapes are checked once, against the model's own
+variables, when the tensors are assigned (`keras_mixer.checkpoints.assign`).
 """
 
+import dataclasses
 import re
 
 import numpy as np
 
 HEAD_KEYS = ("head/kernel", "head/bias")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Converted weights.
+
+    Attributes:
+        tensors: {keras variable path: np.ndarray in Keras layout}.
+        family: the model family the tensors are for ("mixer", "resmlp"),
+            compared with the model's before anything is built.
+        source: the layout they were read from ("flax", "timm", "deit",
+            "keras").
+        approximate_gelu: the GELU form the source computes with (True: tanh
+            approximation, Google's Flax code; False: exact erf, timm/deit;
+            None: not known).
+        grid: the patch grid (rows, cols) the checkpoint was trained on; None
+            means square, derived from the number of tokens.
+        origin: where the tensors came from, for error messages (a path).
+        source_keys: {keras variable path: the source's key}, for error
+            messages.
+    """
+
+    tensors: dict
+    family: str
+    source: str
+    approximate_gelu: bool
+    grid: tuple = None
+    origin: str = "checkpoint"
+    source_keys: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self):
+        """Classes of the checkpoint's head, or None if it has none."""
+        head = self.tensors.get("head/kernel")
+        return None if head is None else int(head.shape[-1])
+
+    @property
+    def num_blocks(self):
+        return len({k.split("/")[0] for k in self.tensors if k.startswith("block_")})
+
+    @property
+    def patch_size(self):
+        """The side of the stem's patches."""
+        return int(self.tensors["stem/proj/kernel"].shape[0])
+
+    @property
+    def hidden_dim(self):
+        return int(self.tensors["stem/proj/kernel"].shape[-1])
 
 
 def format_keys(keys, limit=8):
@@ -103,6 +154,10 @@ def as_float32(array):
 def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
     """Converts `arrays` ({source key: array}) with `plan`.
 
+    Every key of `arrays` must be in the plan and every key of the plan in
+    `arrays`, except the `optional` ones, which are absent or present all
+    together.
+
     Args:
         arrays: the source dict.
         plan: {source key: (keras path, transform)} for every key expected.
@@ -151,77 +206,3 @@ def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
             ) from None
         origin[path] = source
     return tensors, origin
-
-
-def _expected_shapes(tensors, family):
-    kernel = tensors["stem/proj/kernel"]
-    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
-        return {"stem/proj/kernel": "(p, p, channels, dim) with a square patch"}
-    dim = kernel.shape[-1]
-    shapes = {"stem/proj/bias": (dim,)}
-    blocks = block_indices(tensors, r"block_(\d+)/")
-    if family == "mixer":
-        for name in ("gamma", "beta"):
-            shapes[f"pre_head_norm/{name}"] = (dim,)
-        first = tensors["block_0/token_mixing/fc1/kernel"]
-        hidden = tensors["block_0/channel_mixing/fc1/kernel"]
-        if first.ndim != 2 or hidden.ndim != 2:
-            return {"block_0/token_mixing/fc1/kernel": "2-D"}
-        tokens, tokens_mlp = first.shape
-        channels_mlp = hidden.shape[1]
-        for i in blocks:
-            b = f"block_{i}"
-            for norm in ("norm1", "norm2"):
-                shapes[f"{b}/{norm}/gamma"] = (dim,)
-                shapes[f"{b}/{norm}/beta"] = (dim,)
-            shapes[f"{b}/token_mixing/fc1/kernel"] = (tokens, tokens_mlp)
-            shapes[f"{b}/token_mixing/fc1/bias"] = (tokens_mlp,)
-            shapes[f"{b}/token_mixing/fc2/kernel"] = (tokens_mlp, tokens)
-            shapes[f"{b}/token_mixing/fc2/bias"] = (tokens,)
-            shapes[f"{b}/channel_mixing/fc1/kernel"] = (dim, channels_mlp)
-            shapes[f"{b}/channel_mixing/fc1/bias"] = (channels_mlp,)
-            shapes[f"{b}/channel_mixing/fc2/kernel"] = (channels_mlp, dim)
-            shapes[f"{b}/channel_mixing/fc2/bias"] = (dim,)
-    else:
-        for name in ("alpha", "beta"):
-            shapes[f"pre_head_norm/{name}"] = (dim,)
-        first = tensors["block_0/cross_patch/kernel"]
-        hidden = tensors["block_0/channel_mixing/fc1/kernel"]
-        if first.ndim != 2 or hidden.ndim != 2:
-            return {"block_0/cross_patch/kernel": "2-D"}
-        tokens = first.shape[0]
-        mlp = hidden.shape[1]
-        for i in blocks:
-            b = f"block_{i}"
-            for norm in ("norm1", "norm2"):
-                shapes[f"{b}/{norm}/alpha"] = (dim,)
-                shapes[f"{b}/{norm}/beta"] = (dim,)
-            shapes[f"{b}/cross_patch/kernel"] = (tokens, tokens)
-            shapes[f"{b}/cross_patch/bias"] = (tokens,)
-            shapes[f"{b}/ls1/gamma"] = (dim,)
-            shapes[f"{b}/ls2/gamma"] = (dim,)
-            shapes[f"{b}/channel_mixing/fc1/kernel"] = (dim, mlp)
-            shapes[f"{b}/channel_mixing/fc1/bias"] = (mlp,)
-            shapes[f"{b}/channel_mixing/fc2/kernel"] = (mlp, dim)
-            shapes[f"{b}/channel_mixing/fc2/bias"] = (dim,)
-    if "head/kernel" in tensors:
-        head = tensors["head/kernel"]
-        classes = head.shape[-1] if head.ndim == 2 else -1
-        shapes["head/kernel"] = (dim, classes)
-        shapes["head/bias"] = (classes,)
-    return shapes
-
-
-def check_shapes(tensors, family, origin, what):
-    """Raises ValueError when the converted tensors do not fit together as one
-    model of `family` (e.g. a gated MLP whose fc1 is twice as wide as fc2's
-    input, or a head of another width)."""
-    for path, expected in _expected_shapes(tensors, family).items():
-        found = tensors[path].shape
-        if found != expected:
-            raise ValueError(
-                f"{what} checkpoint: {origin.get(path, path)!r} (Keras "
-                f"{path!r}) has shape {tuple(found)} after conversion, "
-                f"expected {expected}: the tensors do not form one "
-                f"{'MLP-Mixer' if family == 'mixer' else 'ResMLP'}."
-            )

@@ -1,0 +1,272 @@
+"""Reading checkpoint files into {name: np.ndarray}, safely.
+
+- `.npz` (Google's Flax checkpoints): `np.load(allow_pickle=False)`.
+- `.safetensors`: `safetensors.numpy`, no torch needed.
+- PyTorch `.pth`/`.pt`/`.bin` (zip or legacy pickle):
+  `torch.load(weights_only=True)`; torch is imported only for these files.
+
+`read_arrays(path)` detects the container from the file's first bytes
+(`detect_container`) and calls its reader. The readers know nothing of model
+layouts: the key maps (`flax_mixer`, `timm_mlp_mixer`, `deit_resmlp`) turn
+the names into variable paths.
+"""
+
+import os
+import zipfile
+
+import numpy as np
+
+from keras_mixer.checkpoints._plan import format_keys
+
+
+ACCEPTED_FORMATS = (
+    "a Flax .npz of Google's official MLP-Mixer checkpoints "
+    "(storage.googleapis.com/mixer_models); "
+    "a .safetensors file of a timm MLP-Mixer / ResMLP or a deit ResMLP; "
+    "a PyTorch .pth/.pt/.bin file (zip or legacy pickle, read with "
+    "torch.load(weights_only=True); needs torch) of a timm MLP-Mixer / ResMLP "
+    "or a deit ResMLP"
+)
+
+
+def _zip_member_names(path, head):
+    """(names, intact): the members of a zip file, or, when its central
+    directory is unreadable (truncated file), the name of the first local
+    file header only."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist(), True
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        pass
+    names = []
+    if head.startswith(b"PK\x03\x04") and len(head) >= 30:
+        name_length = int.from_bytes(head[26:28], "little")
+        names = [head[30:30 + name_length].decode("utf-8", "replace")]
+    return names, False
+
+
+def detect_container(path):
+    """"npz", "safetensors" or "torch", from the first bytes of the file.
+
+    Raises:
+        ValueError: the file is empty, truncated, or of no accepted format
+            (the message names the file and lists the accepted formats).
+    """
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(
+            f"{path} is empty (0 bytes): the download or copy did not "
+            "complete. Download it again."
+        )
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        names, intact = _zip_member_names(path, head)
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            kind = "torch"
+        elif names and all(n.endswith(".npy") for n in names):
+            kind = "npz"
+        elif not intact:
+            kind = None
+        else:
+            raise ValueError(
+                f"{path} is a zip archive but neither an .npz of arrays nor a "
+                f"PyTorch checkpoint (members: {names[:5]}). Accepted "
+                f"formats: {ACCEPTED_FORMATS}."
+            )
+        if not intact:
+            what = {"torch": "PyTorch checkpoint (zip)", "npz": ".npz file"}
+            raise ValueError(
+                f"{path} is a truncated or corrupt "
+                f"{what.get(kind, 'zip archive')} ({size} bytes; its zip "
+                "directory is unreadable). Download it again."
+            )
+        return kind
+    if len(head) >= 9 and head[8:9] == b"{":
+        header = int.from_bytes(head[:8], "little")
+        if 8 + header > size:
+            raise ValueError(
+                f"{path} is a truncated safetensors file: its header announces "
+                f"{header} bytes of metadata but the file has {size} bytes. "
+                "Download it again."
+            )
+        return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "torch"  # legacy (non-zip) torch.save pickle
+    raise ValueError(
+        f"{path} is not a checkpoint format keras_mixer reads (first bytes "
+        f"{head[:8]!r}), or it is truncated. Accepted formats: "
+        f"{ACCEPTED_FORMATS}."
+    )
+
+
+def read_npz(path):
+    """Reads an `.npz` file into {name: array}, never unpickling anything.
+
+    Raises:
+        ValueError: the file is not a readable `.npz` (truncated, corrupt, not
+            a zip of `.npy` arrays) or holds pickled Python objects.
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every decoding failure
+        raise _refused_or_unreadable(path, error) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise _unreadable(path, "it holds a single array, not an archive")
+    try:
+        with data:
+            return {name: np.asarray(data[name]) for name in data.files}
+    except Exception as error:  # noqa: BLE001 - e.g. zlib.error, EOFError
+        raise _refused_or_unreadable(path, error) from None
+
+
+def _refused_or_unreadable(path, error):
+    if isinstance(error, ValueError) and "allow_pickle" in str(error):
+        return ValueError(
+            f"{path} holds pickled Python objects (object arrays or a "
+            "pickle); keras_mixer reads .npz files with allow_pickle=False "
+            "and refuses them. Official MLP-Mixer checkpoints hold numeric "
+            "arrays only."
+        )
+    return _unreadable(path, error)
+
+
+def _unreadable(path, error):
+    return ValueError(
+        f"{path} is not a readable .npz file ({error}). It may be truncated "
+        "or corrupt: download it again (official MLP-Mixer checkpoints are at "
+        "https://storage.googleapis.com/mixer_models/)."
+    )
+
+
+class MissingDependencyError(ImportError, ValueError):
+    """A package needed to read a file is not installed (also a ValueError,
+    so that callers handling unreadable files handle it too)."""
+
+
+def read_safetensors(path):
+    """Reads a `.safetensors` file into {key: np.ndarray}.
+
+    Raises:
+        ValueError: the file is truncated, corrupt or not safetensors.
+    """
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise MissingDependencyError(
+            f"Reading {path} needs the safetensors package: "
+            "`pip install safetensors`."
+        ) from None
+    try:
+        return dict(load_file(str(path)))
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - SafetensorError and others
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({error}). It may be "
+            "truncated or corrupt: download it again."
+        ) from None
+
+
+def _tensor_to_numpy(torch, value):
+    value = value.detach().cpu()
+    if value.is_floating_point():
+        value = value.to(torch.float32)
+    return value.numpy()
+
+
+def unwrap_state_dict(obj, path="checkpoint"):
+    """The state dict inside a loaded checkpoint object.
+
+    Training checkpoints nest it: deit's `{'model': ..., 'optimizer': ...}`,
+    `{'state_dict': ...}`, timm's EMA `{'model_ema': ...}` (tried in that
+    order when the top level is not itself a state dict). A `module.` prefix
+    (DistributedDataParallel) on every key is removed.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(
+            f"{path} holds a {type(obj).__name__}, not a state dict (a dict "
+            "of tensors)."
+        )
+
+    def is_state_dict(d):
+        return bool(d) and all(not isinstance(v, dict) for v in d.values())
+
+    if not is_state_dict(obj):
+        for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        else:
+            raise ValueError(
+                f"{path} holds a dict with keys {format_keys(obj)} and "
+                "no state dict under 'model', 'state_dict' or 'model_ema'."
+            )
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_torch(path):
+    """Reads a PyTorch checkpoint (`.pth`, `.pt`, `.bin`) into {key: array}.
+
+    Uses `torch.load(path, map_location="cpu", weights_only=True)`, which
+    unpickles tensors and plain containers only. Tensors become NumPy arrays,
+    floating point ones float32.
+
+    Raises:
+        MissingDependencyError (an ImportError and a ValueError): torch is not
+            installed.
+        ValueError: the file is truncated, corrupt, holds other Python
+            objects, or no state dict.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            f"{path} is a PyTorch checkpoint; reading it needs torch: "
+            "`pip install torch` (the CPU build is enough). Or convert it to "
+            "safetensors where torch is installed (safetensors.torch."
+            "save_file(state_dict, 'model.safetensors')); keras_mixer reads "
+            "safetensors without torch. timm's weights are also published as "
+            "model.safetensors on the Hugging Face Hub (hf.co/timm)."
+        ) from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - UnpicklingError, RuntimeError...
+        text = str(error)
+        if "weights_only" in text or "Weights only" in text:
+            raise ValueError(
+                f"{path} holds Python objects other than tensors and plain "
+                "containers; keras_mixer loads PyTorch files with "
+                "torch.load(weights_only=True) and refuses to unpickle them. "
+                f"({text.splitlines()[0] if text else type(error).__name__})"
+            ) from None
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
+            f"{text.splitlines()[0] if text else ''}). It may be truncated or "
+            "corrupt: download it again."
+        ) from None
+    state_dict = unwrap_state_dict(obj, path)
+    arrays = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"{path}: entry {key!r} of the state dict is a "
+                f"{type(value).__name__}, not a tensor."
+            )
+        arrays[key] = _tensor_to_numpy(torch, value)
+    return arrays
+
+
+READERS = {"npz": read_npz, "safetensors": read_safetensors, "torch": read_torch}
+
+
+def read_arrays(path):
+    """{name: np.ndarray} of a checkpoint file of any accepted container."""
+    return READERS[detect_container(path)](os.fspath(path))

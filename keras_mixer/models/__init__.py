@@ -1,0 +1,26 @@
+"""Every named variant, by name: `MODELS = {"MixerB16": MixerB16, ...}`.
+
+One module per family (`mixer`, `resmlp`), each with its blocks, its builder,
+`MODEL_CONFIGS` and `VARIANTS`; `_builder` holds what they share.
+"""
+
+from keras_mixer.models import mixer
+from keras_mixer.models import resmlp
+
+MODELS = {**mixer.VARIANTS, **resmlp.VARIANTS}
+
+
+def get(name, also=()):
+    """The constructor of the variant `name`.
+
+    Args:
+        name: a key of `MODELS`.
+        also: other names the caller accepts (listed first in the error).
+
+    Raises:
+        ValueError: `name` is not a variant; the message lists the choices.
+    """
+    if name not in MODELS:
+        choices = ", ".join([*also, *MODELS])
+        raise ValueError(f"Unknown model {name!r}. Choose one of: {choices}.")
+    return MODELS[name]

@@ -1,0 +1,589 @@
+"""What the model families share: argument checks, inputs and preprocessing,
+the pooling and head, weights loading, the variant factory, features, FLOPs
+and the Appendix C resize.
+
+A family module (`mixer.py`, `resmlp.py`) holds its blocks, a builder whose
+body reads stem -> blocks -> pre-head norm -> head, its `MODEL_CONFIGS` and
+its variants (`make_variant`). The builders take the arguments of
+`keras.applications` (same names, checked in the same order by
+`check_arguments`), so a user of `keras.applications.ResNet50` finds the same
+constructor.
+
+A family's block layer tells this module what it needs through attributes:
+- `family`: the family name, compared with a checkpoint's before building.
+- `count_macs(input_shape)`: its multiply-accumulates (`count_flops`).
+- `token_axes`: its variables that grow with the patch grid, by path within
+  the block, with the role of each axis (`keras_mixer.checkpoints.resize`).
+- `grown_config(parts)`, where a width grows with the grid: its config for
+  `parts` times as many patches (`resize_token_mixing`).
+"""
+
+import os
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from keras_mixer import checks
+from keras_mixer import layers
+from keras_mixer.checkpoints import assign
+from keras_mixer.checkpoints import download
+from keras_mixer.checkpoints import read_checkpoint
+from keras_mixer.checkpoints import resize
+from keras_mixer.checkpoints._plan import Checkpoint
+
+# Mean and std of the pixels scaled to [0, 1], per input-range convention.
+# The names follow `keras.applications.imagenet_utils.preprocess_input`.
+PREPROCESSING_MODES = {
+    # [0, 255] -> [-1, 1]: the official MLP-Mixer input pipeline.
+    "tf": (0.5, 0.5),
+    # ImageNet mean and std: deit's ResMLP (and torchvision).
+    "torch": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # [0, 255] -> [0, 1].
+    "zero_one": (0.0, 1.0),
+}
+
+POOLINGS = (None, "avg", "max")
+
+DEFAULT_SIZE = 224
+
+
+# ----------------------------------------------------------------------------
+# Argument checks, run once by each builder before any work.
+# ----------------------------------------------------------------------------
+
+
+def check_preprocessing(mode):
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"Unknown preprocessing mode {mode!r}. Use one of "
+            f"{sorted(PREPROCESSING_MODES)}: 'tf' maps [0, 255] to [-1, 1] "
+            "(MLP-Mixer), 'torch' subtracts the ImageNet mean and divides by "
+            "its std (ResMLP), 'zero_one' maps to [0, 1]."
+        )
+
+
+def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
+    """Checks the input arguments and returns the `(H, W, C)` input shape."""
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "keras_mixer models take channels_last images (batch, height, "
+            "width, channels), but keras.config.image_data_format() is "
+            f"{keras.config.image_data_format()!r}. Call "
+            "keras.config.set_image_data_format('channels_last') before "
+            "building the model, and transpose channels_first data with "
+            "keras.ops.transpose(x, (0, 2, 3, 1))."
+        )
+    tensor_shape = None
+    if input_tensor is not None:
+        if not keras.backend.is_keras_tensor(input_tensor):
+            raise ValueError(
+                "`input_tensor` must be a symbolic Keras tensor, such as the "
+                "output of keras.Input(shape=(224, 224, 3)); got "
+                f"{type(input_tensor).__name__}. To run the model on data, "
+                "build it and call it: model(x)."
+            )
+        tensor_shape = tuple(input_tensor.shape[1:])
+        if len(tensor_shape) != 3:
+            raise ValueError(
+                "`input_tensor` must have shape (batch, height, width, "
+                f"channels); got {tuple(input_tensor.shape)}."
+            )
+    if input_shape is None:
+        input_shape = tensor_shape or (default_size, default_size, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, channels), channels last, "
+            f"without the batch axis; got {input_shape!r}."
+        )
+    for axis, size in zip(("height", "width", "channels"), input_shape):
+        if size is None:
+            raise ValueError(
+                f"`input_shape` {input_shape!r} leaves the {axis} undefined. "
+                "The token-mixing weights depend on the number of patches, so "
+                "the input size must be fixed: give all three sizes, e.g. "
+                f"({default_size}, {default_size}, 3)."
+            )
+        if not isinstance(size, (int, np.integer)) or size <= 0:
+            raise ValueError(
+                f"`input_shape` {input_shape!r} has a non-positive or "
+                f"non-integer {axis} ({size!r}); every size must be a "
+                "positive integer."
+            )
+    if tensor_shape is not None:
+        agree = all(
+            t is None or t == s for t, s in zip(tensor_shape, input_shape)
+        )
+        if not agree:
+            raise ValueError(
+                f"`input_tensor` has shape (batch,) + {tensor_shape} but "
+                f"`input_shape` is {input_shape}. Pass only one of them, or "
+                "make them agree."
+            )
+    for axis, size in zip(("height", "width"), input_shape[:2]):
+        checks.check_patch_multiple(f"Input {axis}", size, patch_size)
+    return tuple(int(s) for s in input_shape)
+
+
+def check_head_arguments(include_top, pooling, classes, activation):
+    """The keras.applications argument checks, in their order."""
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"Unknown `pooling` {pooling!r}. Use None (the token table "
+            "(batch, tokens, channels)), 'avg' (mean over tokens) or 'max' "
+            "(max over tokens); it applies with include_top=False."
+        )
+    if include_top:
+        if pooling == "max":
+            raise ValueError(
+                "pooling='max' applies only with include_top=False: the "
+                "classifier head averages the tokens (global average "
+                "pooling). Use pooling=None or 'avg' with include_top=True."
+            )
+        checks.check_int("classes", classes)
+        try:
+            keras.activations.get(activation)
+        except ValueError as error:
+            raise ValueError(
+                f"Unknown `classifier_activation` {activation!r}: {error} Use "
+                "'softmax', None (logits) or another Keras activation."
+            ) from None
+
+
+def check_arguments(
+    *,
+    sizes,
+    rates,
+    include_top,
+    input_tensor,
+    input_shape,
+    pooling,
+    classes,
+    classifier_activation,
+    include_preprocessing,
+    preprocessing,
+):
+    """Every argument check of a builder; returns the `(H, W, C)` input shape.
+
+    Args:
+        sizes: {name: value} of the architecture's integer sizes; the first
+            is `patch_size`.
+        rates: {name: value} of its dropout-like rates.
+        (the rest: see the public constructors.)
+    """
+    for name, value in sizes.items():
+        checks.check_int(name, value)
+    for name, value in rates.items():
+        checks.check_rate(name, value)
+    check_head_arguments(include_top, pooling, classes, classifier_activation)
+    if include_preprocessing:
+        check_preprocessing(preprocessing)
+    return resolve_input_shape(
+        input_tensor, input_shape, sizes["patch_size"], DEFAULT_SIZE
+    )
+
+
+# ----------------------------------------------------------------------------
+# Pieces of a builder's body.
+# ----------------------------------------------------------------------------
+
+
+def preprocessing_constants(mode, channels=3):
+    """Returns `(mean, std)` of `mode` for images with `channels` channels.
+
+    Per-channel constants (mode "torch") are given for RGB. For another number
+    of channels (grayscale data) every channel gets the average of the three.
+    """
+    mean, std = PREPROCESSING_MODES[mode]
+    if isinstance(mean, tuple) and channels != len(mean):
+        mean, std = float(np.mean(mean)), float(np.mean(std))
+    return mean, std
+
+
+def preprocess_input(x, mode="tf"):
+    """Normalises RGB pixels in [0, 255] as a model built with
+    `include_preprocessing=False` expects them.
+
+    Args:
+        x: array or tensor of shape `(..., height, width, channels)`, values in
+            [0, 255].
+        mode: "tf" for MLP-Mixer (to [-1, 1]), "torch" for ResMLP (ImageNet
+            mean and std), "zero_one" (to [0, 1]).
+
+    Returns:
+        A float32 NumPy array for NumPy input, else a backend tensor.
+
+    Example:
+    >>> keras_mixer.preprocess_input(np.array([0.0, 255.0]), mode="tf")
+    array([-1.,  1.], dtype=float32)
+    """
+    check_preprocessing(mode)
+    mean, std = preprocessing_constants(mode, int(np.shape(x)[-1]))
+    mean = np.asarray(mean, "float32")
+    std = np.asarray(std, "float32")
+    if isinstance(x, (np.ndarray, list, tuple, float, int)):
+        x = np.asarray(x, "float32")
+        return (x / np.float32(255.0) - mean) / std
+    x = ops.cast(x, "float32")
+    return (x / 255.0 - mean) / std
+
+
+def model_inputs(input_tensor, shape):
+    """`(the model's inputs, the tensor the model starts from)`: a new input
+    named `images`, or `input_tensor` and the inputs it comes from."""
+    if input_tensor is None:
+        inputs = keras.Input(shape=shape, name="images")
+        return inputs, inputs
+    inputs = keras.utils.get_source_inputs(input_tensor)
+    return (inputs[0] if len(inputs) == 1 else inputs), input_tensor
+
+
+def preprocessing(mode, channels):
+    """The `Normalize` layer named "preprocessing" of `mode`."""
+    mean, std = preprocessing_constants(mode, channels)
+    return layers.Normalize(mean, std, name="preprocessing")
+
+
+def stochastic_depth_rates(drop_path_rate, num_blocks):
+    """Per-block stochastic depth rates rising linearly from 0 to the rate."""
+    if num_blocks == 1:
+        return [0.0]
+    return [float(r) for r in np.linspace(0.0, drop_path_rate, num_blocks)]
+
+
+def head_dtype():
+    """The dtype policy of the pooling, head and softmax: float32 under a
+    mixed-precision policy (numerically safe logits), else the global one."""
+    policy = keras.config.dtype_policy()
+    if policy.compute_dtype in ("float16", "bfloat16"):
+        return "float32"
+    return None
+
+
+def head(x, include_top, pooling, classes, classifier_activation, dropout_rate):
+    """The tail after the pre-head norm: pooling over the tokens, then (with
+    `include_top`) dropout, the dense head and its activation."""
+    dtype = head_dtype()
+    if include_top or pooling == "avg":
+        x = keras.layers.GlobalAveragePooling1D(dtype=dtype, name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling1D(dtype=dtype, name="max_pool")(x)
+    if not include_top:
+        return x
+    if dropout_rate > 0:
+        x = keras.layers.Dropout(dropout_rate, dtype=dtype, name="head_dropout")(x)
+    x = keras.layers.Dense(
+        classes, kernel_initializer="zeros", dtype=dtype, name="head"
+    )(x)
+    return keras.layers.Activation(
+        classifier_activation, dtype=dtype, name="predictions"
+    )(x)
+
+
+# ----------------------------------------------------------------------------
+# Weights.
+# ----------------------------------------------------------------------------
+
+
+def read_weights(weights, family, name):
+    """Reads the `weights` of a builder before the model is built.
+
+    Args:
+        weights: None, a `download.PresetWeights` (fetched here), or the path
+            of a checkpoint file.
+        family: the builder's family; a checkpoint of another is refused.
+        name: the model's name, for messages.
+
+    Returns:
+        None, the path of a `.weights.h5` file, or a `Checkpoint` of `family`.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, download.PresetWeights):
+        weights = weights.fetch()
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str) or not os.path.exists(weights):
+        raise ValueError(
+            f"`weights` {weights!r} is not an existing file. The generic "
+            "builders take None or a file path (an official .npz, a timm "
+            ".safetensors/.pth, a deit .pth or a .weights.h5); weights names "
+            "such as 'imagenet1k' belong to the named variants, e.g. "
+            "keras_mixer.MixerB16(weights='imagenet1k')."
+        )
+    if weights.endswith(".weights.h5"):
+        return weights
+    checkpoint = read_checkpoint(weights)
+    if checkpoint.family != family:
+        raise ValueError(
+            f"{weights} is a {checkpoint.family} checkpoint "
+            f"({checkpoint.source} layout) but {name!r} is a {family} model."
+        )
+    return checkpoint
+
+
+def load_weights(model, weights):
+    """Loads what `read_weights` returned into the built `model`."""
+    if weights is None:
+        return
+    if isinstance(weights, str):
+        model.load_weights(weights)
+        return
+    assign.assign_checkpoint(model, weights, **grid_growth(model))
+
+
+def patch_grid(model):
+    """The patch grid `(rows, cols)` of a keras_mixer model."""
+    stem = model.get_layer("stem")
+    _, height, width, _ = stem.input.shape
+    return height // stem.patch_size, width // stem.patch_size
+
+
+def grid_growth(model):
+    """The model's patch grid and the token-mixing variables its blocks
+    declare, as `assign_checkpoint` takes them."""
+    token_axes = {}
+    for layer in model.layers:
+        for path, axes in getattr(layer, "token_axes", {}).items():
+            token_axes[f"{layer.name}/{path}"] = axes
+    return dict(grid=patch_grid(model), token_axes=token_axes)
+
+
+def checkpoint_parts(checkpoint, tokens_path, patch_size, shape):
+    """`K_h * K_w` when a model built at `shape` has a patch grid K_h x K_w
+    times `checkpoint`'s (paper Appendix C), else 1. `tokens_path`: a
+    variable whose first axis is the checkpoint's tokens."""
+    if not isinstance(checkpoint, Checkpoint) or checkpoint.patch_size != patch_size:
+        return 1
+    tokens = checkpoint.tensors[tokens_path].shape[0]
+    old = checkpoint.grid or resize.checkpoint_grid(tokens, checkpoint.origin)
+    kh, kw = resize.factors(old, (shape[0] // patch_size, shape[1] // patch_size))
+    return kh * kw
+
+
+def model_family(model):
+    """The family of a keras_mixer model ("mixer", "resmlp"), from its blocks."""
+    for layer in model.layers:
+        family = getattr(layer, "family", None)
+        if family is not None:
+            return family
+    raise ValueError(f"{model.name!r} is not a keras_mixer model (no blocks).")
+
+
+def resize_token_mixing(model, new_input_shape):
+    """A copy of `model` at a larger input size with block-diagonally grown
+    token mixing (paper Appendix C); every other weight is copied.
+
+    Args:
+        model: a keras_mixer MLP-Mixer or ResMLP model.
+        new_input_shape: `(height, width, channels)`; each side's patch grid
+            must be an integer multiple of the model's.
+
+    Returns:
+        A new `keras.Model`. For Mixer, each block's `tokens_mlp_dim` is
+        multiplied by K_h * K_w.
+
+    Example:
+    >>> small = keras_mixer.MixerS32(input_shape=(64, 64, 3), classes=10)
+    >>> large = keras_mixer.resize_token_mixing(small, (128, 128, 3))
+    >>> large.get_layer("block_0").tokens_mlp_dim
+    1024
+    """
+    new_input_shape = tuple(int(s) for s in new_input_shape)
+    stem = model.get_layer("stem")
+    if new_input_shape[-1] != stem.input.shape[-1]:
+        raise ValueError(
+            f"The model takes {stem.input.shape[-1]} channels; the new input "
+            f"shape {new_input_shape} has {new_input_shape[-1]}."
+        )
+    for side, size in zip(("height", "width"), new_input_shape[:2]):
+        checks.check_patch_multiple(f"New input {side}", size, stem.patch_size)
+    old_grid = patch_grid(model)
+    new_grid = tuple(s // stem.patch_size for s in new_input_shape[:2])
+    kh, kw = resize.factors(old_grid, new_grid)
+    config = model.get_config()
+    for layer in config["layers"]:
+        # Layers are rebuilt on the new shapes, not the recorded ones.
+        layer.pop("build_config", None)
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_shape"] = [None, *new_input_shape]
+            continue
+        grown_config = getattr(model.get_layer(layer["name"]), "grown_config", None)
+        if grown_config is not None:
+            layer["config"] = grown_config(kh * kw)
+    resized = keras.Model.from_config(config)
+    checkpoint = Checkpoint(
+        tensors={v.path: np.asarray(v) for v in model.weights},
+        family=model_family(model),
+        source="keras",
+        approximate_gelu=None,
+        grid=old_grid,
+        origin=model.name,
+    )
+    assign.assign_checkpoint(resized, checkpoint, **grid_growth(resized))
+    return resized
+
+
+# ----------------------------------------------------------------------------
+# Features and FLOPs.
+# ----------------------------------------------------------------------------
+
+
+def block_names(model):
+    """The names of the model's blocks, `block_0`, `block_1`, ... in order."""
+    names = [layer.name for layer in model.layers]
+    blocks = [n for n in names if n.startswith("block_")]
+    return sorted(blocks, key=lambda n: int(n.split("_")[1]))
+
+
+def feature_extractor(model, layer_names=None):
+    """A model with the same inputs that returns intermediate token tables.
+
+    Args:
+        model: a keras_mixer model (with or without its top).
+        layer_names: names of layers whose outputs to return; by default the
+            stem, every block and the pre-head norm.
+
+    Returns:
+        A `keras.Model` whose output is a dict `{layer name: tensor}`; each
+        tensor has shape `(batch, tokens, hidden_dim)`, tokens in raster order
+        (reshape to `(batch, H / patch, W / patch, hidden_dim)` for dense tasks).
+
+    Example:
+    >>> model = keras_mixer.MixerS32(input_shape=(64, 64, 3))
+    >>> features = keras_mixer.feature_extractor(model)
+    >>> outputs = features(np.zeros((1, 64, 64, 3)))
+    >>> tuple(outputs["block_7"].shape)
+    (1, 4, 512)
+    """
+    if layer_names is None:
+        layer_names = ["stem", *block_names(model), "pre_head_norm"]
+    missing = [n for n in layer_names if n not in {l.name for l in model.layers}]
+    if missing:
+        raise ValueError(
+            f"Model {model.name!r} has no layers named {missing}. Its layers "
+            f"are {[l.name for l in model.layers]}."
+        )
+    outputs = {n: model.get_layer(n).output for n in layer_names}
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")
+
+
+def count_flops(model):
+    """Multiply-add FLOPs (2 per multiply-accumulate) of one image's forward
+    pass, counted analytically from the matmuls: each layer with a
+    `count_macs` method (the stem, the blocks) reports its own, a Keras
+    `Dense` (the head) its kernel per position; element-wise work (norms,
+    GELU, residuals) is not counted."""
+    macs = 0
+    for layer in model.layers:
+        if hasattr(layer, "count_macs"):
+            macs += layer.count_macs(tuple(layer.input.shape))
+        elif isinstance(layer, keras.layers.Dense):
+            positions = int(np.prod(layer.input.shape[1:-1]))
+            macs += positions * int(np.prod(layer.kernel.shape))
+    return 2 * macs
+
+
+# ----------------------------------------------------------------------------
+# Variants.
+# ----------------------------------------------------------------------------
+
+
+VARIANT_DOCSTRING = """Builds {title}, a {family} model of {paper}.
+
+{description}
+
+Reference: {reference}
+
+Args:
+    include_top: whether to end with the classifier (global average pooling
+        and a dense head of `classes` units). False ends at the pre-head norm.
+    weights: None (random initialisation, the default: several pretrained
+        weight sets exist and none is fetched silently), a name from
+        `keras_mixer.list_weights("{function}")`, or the path of a checkpoint
+        (official .npz, timm .safetensors/.pth, deit .pth, or a `.weights.h5`
+        saved from keras_mixer). With `include_top=False` or another number
+        of `classes` all but the head are loaded and the head is fresh; at K
+        times the checkpoint's resolution per side the token mixing grows
+        block-diagonally (MLP-Mixer paper, Appendix C).
+    input_tensor: optional symbolic tensor (from `keras.Input`) to use as the
+        model's input.
+    input_shape: `(height, width, channels)`, default
+        `({default_size}, {default_size}, 3)`. Height and width must be
+        multiples of the patch size {patch_size}; any channel count works.
+    pooling: with `include_top=False`: None returns the token table
+        `(batch, tokens, {hidden_dim})`, "avg" / "max" pool over the tokens.
+    classes: number of classes of the head.
+    classifier_activation: activation of the head's output ("softmax", or
+        None for logits). It runs in float32 under mixed precision.
+    include_preprocessing: True: the model takes RGB pixels in [0, 255] and
+        normalises them inside ({preprocessing_text}). False: it takes
+        already-normalised input, e.g. from
+        `keras_mixer.preprocess_input(x, mode="{preprocessing}")`.
+    dropout_rate: dropout rate inside every MLP of every block.
+    drop_path_rate: stochastic depth rate of the last block; per-block rates
+        rise linearly from 0.
+    name: name of the model.
+    **kwargs: any other keyword argument of `keras_mixer.{generic}`.
+
+Returns:
+    A `keras.Model`.
+
+Example:
+>>> model = keras_mixer.{function}(input_shape=({example_size}, {example_size}, 3), classes=10)
+>>> tuple(model(np.zeros((2, {example_size}, {example_size}, 3))).shape)
+(2, 10)
+"""
+
+
+def make_variant(builder, config, function, default_name, docstring_fields):
+    """Returns a public keras.applications-style constructor for one variant.
+
+    The constructor only turns a weights name into `download.PresetWeights`
+    (and takes the entry's GELU form and preprocessing); `builder` checks
+    every argument, then fetches the file.
+    """
+
+    def constructor(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        dropout_rate=0.0,
+        drop_path_rate=0.0,
+        name=default_name,
+        **kwargs,
+    ):
+        weights, entry = download.resolve(function, weights)
+        if entry is not None:
+            kwargs.setdefault("approximate_gelu", entry["approximate_gelu"])
+            kwargs.setdefault("preprocessing", entry["preprocessing"])
+        return builder(
+            **config,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            include_preprocessing=include_preprocessing,
+            dropout_rate=dropout_rate,
+            drop_path_rate=drop_path_rate,
+            name=name,
+            **kwargs,
+        )
+
+    constructor.__name__ = constructor.__qualname__ = function
+    # Read by train and benchmark to check an image size before any work.
+    constructor.patch_size = config["patch_size"]
+    constructor.__doc__ = VARIANT_DOCSTRING.format(
+        function=function, generic=builder.__name__, **config, **docstring_fields
+    )
+    return constructor

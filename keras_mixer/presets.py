@@ -1,0 +1,175 @@
+"""The published weights of every named variant: a table, data only.
+
+`WEIGHTS` maps each variant (`"MixerB16"`) to its weights names
+(`"imagenet1k"`), each with where the file is published and how the model
+must be built and fed to reproduce it. `keras_mixer.checkpoints.download`
+fetches the files; the variants' `weights=` takes the names.
+"""
+
+_GOOGLE = "https://storage.googleapis.com/mixer_models"
+_TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download"
+_DEIT = "https://dl.fbaipublicfiles.com/deit"
+_APACHE = "Apache-2.0"
+
+
+def _google(collection, size, patch, classes, description):
+    return dict(
+        url=f"{_GOOGLE}/{collection}/Mixer-{size}_{patch}.npz",
+        filename=f"mixer_{collection}_Mixer-{size}_{patch}.npz",
+        format="flax_npz",
+        source="Google (official Flax MLP-Mixer, google-research/vision_transformer)",
+        license=_APACHE,
+        classes=classes,
+        resolution=224,
+        preprocessing="tf",
+        approximate_gelu=True,
+        sha256=None,
+        description=description,
+    )
+
+
+def _timm_mixer(tag, release_file, classes, preprocessing, description):
+    return dict(
+        url=f"{_TIMM}/{release_file}",
+        filename=release_file.split("/")[-1],
+        format="torch",
+        source=f"timm ({tag}; also hf.co/timm/{tag} as model.safetensors)",
+        license=_APACHE,
+        classes=classes,
+        resolution=224,
+        preprocessing=preprocessing,
+        approximate_gelu=False,
+        sha256=None,
+        description=description,
+    )
+
+
+def _deit(file, classes, description):
+    return dict(
+        url=f"{_DEIT}/{file}",
+        filename=file,
+        format="torch",
+        source="Facebook (deit, ResMLP paper)",
+        license=_APACHE,
+        classes=classes,
+        resolution=224,
+        preprocessing="torch",
+        approximate_gelu=False,
+        sha256=None,
+        description=description,
+    )
+
+
+_GSAM = "Trained on ImageNet-1k with the GSAM optimizer (Zhuang et al., 2022)."
+_SAM = "Trained on ImageNet-1k with the SAM optimizer (Chen et al., 2021)."
+_I1K = (
+    "Official paper checkpoint of the gs://mixer_models/imagenet1k collection, "
+    "ImageNet-1k classifier (the collection is described as trained on "
+    "ImageNet; timm labels its conversion in21k_ft_in1k, see timm PR #651)."
+)
+_I21K = "Official paper checkpoint pre-trained on ImageNet-21k (21,843 classes)."
+_GOOG_FT = (
+    "Google's Mixer weights converted by timm (jx_ release file); timm tags "
+    "them ImageNet-21k pre-trained, ImageNet-1k fine-tuned."
+)
+_MIIL = (
+    "Alibaba-MIIL ImageNet-21K-P pre-training (Ridnik et al., 2021), timm "
+    "release; inputs in [0, 1] without mean/std."
+)
+
+# {variant: {weights name: entry}}. Entries: url, filename (cache name),
+# format, source, license, classes, resolution, preprocessing (a mode of
+# keras_mixer.preprocess_input), approximate_gelu (the source's GELU), sha256
+# (None where the publisher gives none; a hash prefix in a file name such as
+# timm's `-76587d61.pth` is verified), description.
+WEIGHTS = {
+    "MixerS8": {"gsam": _google("gsam", "S", 8, 1000, _GSAM)},
+    "MixerS16": {"gsam": _google("gsam", "S", 16, 1000, _GSAM)},
+    "MixerS32": {"gsam": _google("gsam", "S", 32, 1000, _GSAM)},
+    "MixerB32": {
+        "sam": _google("sam", "B", 32, 1000, _SAM),
+        "gsam": _google("gsam", "B", 32, 1000, _GSAM),
+    },
+    "MixerB16": {
+        "imagenet1k": _google("imagenet1k", "B", 16, 1000, _I1K),
+        "imagenet21k": _google("imagenet21k", "B", 16, 21843, _I21K),
+        "sam": _google("sam", "B", 16, 1000, _SAM),
+        "gsam": _google("gsam", "B", 16, 1000, _GSAM),
+        "goog_in21k_ft_in1k": _timm_mixer(
+            "mixer_b16_224.goog_in21k_ft_in1k",
+            "v0.1-vitjx/jx_mixer_b16_224-76587d61.pth",
+            1000, "tf", _GOOG_FT,
+        ),
+        "goog_in21k": _timm_mixer(
+            "mixer_b16_224.goog_in21k",
+            "v0.1-vitjx/jx_mixer_b16_224_in21k-617b3de2.pth",
+            21843, "tf", "Google's ImageNet-21k Mixer weights converted by timm.",
+        ),
+        "miil_in21k_ft_in1k": _timm_mixer(
+            "mixer_b16_224.miil_in21k_ft_in1k",
+            "v0.1-tresnet/mixer_b16_224_miil-9229a591.pth",
+            1000, "zero_one", _MIIL + " Fine-tuned on ImageNet-1k.",
+        ),
+        "miil_in21k": _timm_mixer(
+            "mixer_b16_224.miil_in21k",
+            "v0.1-tresnet/mixer_b16_224_miil_in21k-2a558a71.pth",
+            11221, "zero_one", _MIIL + " ImageNet-21K-P head (11,221 classes).",
+        ),
+    },
+    "MixerL16": {
+        "imagenet1k": _google("imagenet1k", "L", 16, 1000, _I1K),
+        "imagenet21k": _google("imagenet21k", "L", 16, 21843, _I21K),
+        "goog_in21k_ft_in1k": _timm_mixer(
+            "mixer_l16_224.goog_in21k_ft_in1k",
+            "v0.1-vitjx/jx_mixer_l16_224-92f9adc4.pth",
+            1000, "tf", _GOOG_FT,
+        ),
+        "goog_in21k": _timm_mixer(
+            "mixer_l16_224.goog_in21k",
+            "v0.1-vitjx/jx_mixer_l16_224_in21k-846aa33c.pth",
+            21843, "tf", "Google's ImageNet-21k Mixer weights converted by timm.",
+        ),
+    },
+}
+for _depth, _prefix in (("12", "resmlp_12"), ("24", "resmlp_24"), ("36", "resmlp_36"), ("B24", "resmlpB_24")):
+    WEIGHTS[f"ResMLP{_depth}"] = {
+        "imagenet1k": _deit(f"{_prefix}_no_dist.pth", 1000, "ImageNet-1k, no distillation (ResMLP paper)."),
+        "imagenet1k_distilled": _deit(f"{_prefix}_dist.pth", 1000, "ImageNet-1k with DeiT-style distillation from a RegNetY-16GF teacher."),
+    }
+WEIGHTS["ResMLPB24"]["imagenet22k_ft_in1k"] = _deit(
+    "resmlpB_24_22k.pth", 1000, "Pre-trained on ImageNet-22k, fine-tuned on ImageNet-1k."
+)
+for _depth in ("12", "24"):
+    WEIGHTS[f"ResMLP{_depth}"]["dino"] = _deit(
+        f"resmlp_{_depth}_dino.pth", 1000,
+        "Self-supervised with DINO, no fine-tuning: a backbone for features "
+        "or fine-tuning; its head, if present, is not a trained classifier.",
+    )
+
+
+def list_weights(model_name=None, file=None):
+    """Prints the weights table (all variants, or one) and returns it.
+
+    Example:
+    >>> table = keras_mixer.list_weights("MixerS32")  # doctest: +ELLIPSIS
+    MixerS32
+      gsam: ...
+    """
+    names = [model_name] if model_name else sorted(WEIGHTS)
+    for name in names:
+        if name not in WEIGHTS:
+            raise ValueError(
+                f"No pretrained weights are published for {name!r}. Models "
+                f"with weights: {', '.join(sorted(WEIGHTS))}."
+            )
+        print(name, file=file)
+        for key, entry in WEIGHTS[name].items():
+            print(
+                f"  {key}: {entry['classes']} classes, {entry['resolution']}px, "
+                f"{entry['format']}, preprocessing={entry['preprocessing']}, "
+                f"{'tanh' if entry['approximate_gelu'] else 'exact'} GELU, "
+                f"{entry['license']}\n    {entry['url']}\n    "
+                f"{entry['description']}",
+                file=file,
+            )
+    return {n: WEIGHTS[n] for n in names}
