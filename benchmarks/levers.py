@@ -9,10 +9,11 @@ the first variant listed in `--variants`.
 
 Variants:
 - baseline: the layers as they were before the fused-dense change (git
-  7ba26b7): `MlpBlock` calls its `Dense` sublayers on the 3-D token table, and
-  `TokenDense` is a broadcast matmul `kernel^T @ x` plus a broadcast bias add.
-  LayerNorm is Keras's `LayerNormalization`.
-- fused_dense: `keras_mixer.layers.dense_2d` (one 2-D matmul per dense layer
+  7ba26b7): the dense layers are Keras's (a matmul on the 3-D token table
+  and a broadcast bias add), the token mixing a broadcast matmul
+  `kernel^T @ x` plus a broadcast bias add, and LayerNorm is Keras's
+  `LayerNormalization`.
+- fused_dense: `keras_mixer.layers.Dense` (one 2-D matmul per dense layer
   and, on TensorFlow, `tf.nn.bias_add`, which the grappler remapper fuses
   with the matmul and the GELU), still with Keras's `LayerNormalization`
   (git 3928d69).
@@ -38,6 +39,8 @@ from keras import ops
 import keras_mixer
 from keras_mixer import benchmark
 from keras_mixer import layers
+from keras_mixer.models import mixer
+from keras_mixer.models import resmlp
 
 
 def _baseline_mlp_call(self, inputs, training=None):
@@ -48,36 +51,60 @@ def _baseline_mlp_call(self, inputs, training=None):
     return self.drop2(x, training=training)
 
 
-def _baseline_token_dense_call(self, inputs):
-    kernel = ops.cast(self.kernel, inputs.dtype)
-    bias = ops.cast(self.bias, inputs.dtype)
-    outputs = ops.matmul(ops.transpose(kernel), inputs)
-    return outputs + ops.expand_dims(bias, -1)
+def _token_dense(dense, x):
+    """`dense` over the tokens of `(batch, tokens, channels)`, as the
+    broadcast `kernel^T @ x` plus a broadcast bias."""
+    kernel = ops.cast(dense.kernel, x.dtype)
+    bias = ops.cast(dense.bias, x.dtype)
+    return ops.matmul(ops.transpose(kernel), x) + ops.expand_dims(bias, -1)
+
+
+def _baseline_mixer_call(self, inputs, training=None):
+    mlp = self.token_mixing
+    y = _token_dense(mlp.fc1, self.norm1(inputs))
+    y = mlp.drop1(ops.gelu(y, approximate=mlp.approximate_gelu), training=training)
+    y = mlp.drop2(_token_dense(mlp.fc2, y), training=training)
+    x = inputs + self.drop_path(y, training=training)
+    y = self.channel_mixing(self.norm2(x), training=training)
+    return x + self.drop_path(y, training=training)
+
+
+def _baseline_resmlp_call(self, inputs, training=None):
+    y = self.ls1(_token_dense(self.cross_patch, self.norm1(inputs)))
+    x = inputs + self.drop_path(y, training=training)
+    y = self.channel_mixing(self.norm2(x), training=training)
+    return x + self.drop_path(self.ls2(y), training=training)
 
 
 @contextlib.contextmanager
-def keras_layer_norm():
-    """Keras's `LayerNormalization.call` in `LayerNorm`, restored on exit."""
-    saved = layers.LayerNorm.call
-    layers.LayerNorm.call = keras.layers.LayerNormalization.call
+def _patched(patches):
+    """Sets `(owner, name, value)` attributes; restores them on exit."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        layers.LayerNorm.call = saved
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
-@contextlib.contextmanager
+def keras_layer_norm():
+    """Keras's `LayerNormalization.call` in `LayerNorm`, restored on exit."""
+    return _patched(
+        [(layers.LayerNorm, "call", keras.layers.LayerNormalization.call)])
+
+
 def baseline_layers():
-    """The pre-change `call`s of MlpBlock, TokenDense and the LayerNorm,
-    restored on exit."""
-    saved = layers.MlpBlock.call, layers.TokenDense.call
-    layers.MlpBlock.call = _baseline_mlp_call
-    layers.TokenDense.call = _baseline_token_dense_call
-    try:
-        with keras_layer_norm():
-            yield
-    finally:
-        layers.MlpBlock.call, layers.TokenDense.call = saved
+    """The pre-change calls of the dense layers, the MLP, the token mixing
+    and the LayerNorm, restored on exit."""
+    return _patched([
+        (layers.Dense, "call", keras.layers.Dense.call),
+        (layers.MlpBlock, "call", _baseline_mlp_call),
+        (mixer.MixerBlock, "call", _baseline_mixer_call),
+        (resmlp.ResMLPBlock, "call", _baseline_resmlp_call),
+        (layers.LayerNorm, "call", keras.layers.LayerNormalization.call),
+    ])
 
 
 VARIANTS = {

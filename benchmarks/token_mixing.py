@@ -1,7 +1,8 @@
 """Times three exact formulations of the token-mixing dense layer.
 
 Mixer-B/16 shapes: x (32, 196, 768), kernel (196, 384), TensorFlow, with and
-without XLA. keras_mixer's TokenDense uses the broadcast matmul.
+without XLA. keras_mixer's blocks use swap_dense_swap (a transpose around
+a 2-D matmul).
 
     python benchmarks/token_mixing.py
 """
