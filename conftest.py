@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,6 +26,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "large" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """tests/reference.py (the NumPy float64 forward passes and `rel_err`),
+    loaded by path under a private name, independent of sys.path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests",
+                        "reference.py")
+    spec = importlib.util.spec_from_file_location(
+        "_keras_mixer_tests_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

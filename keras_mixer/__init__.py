@@ -9,10 +9,10 @@ from keras_mixer import models
 from keras_mixer import visualize
 from keras_mixer.labels import decode_predictions
 from keras_mixer.models import MODELS
-from keras_mixer.models._builder import count_flops
-from keras_mixer.models._builder import feature_extractor
 from keras_mixer.models._builder import preprocess_input
-from keras_mixer.models._builder import resize_token_mixing
+from keras_mixer.models._tools import count_flops
+from keras_mixer.models._tools import feature_extractor
+from keras_mixer.models._tools import resize_token_mixing
 from keras_mixer.models.mixer import MLPMixer
 from keras_mixer.models.mixer import MixerB16
 from keras_mixer.models.mixer import MixerB32

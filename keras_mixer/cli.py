@@ -622,7 +622,7 @@ def predict(argv):
 def visualize(argv):
     """Draws one of keras_mixer.visualize's figures of --model to --output."""
     from keras_mixer import visualize as visualize_lib
-    from keras_mixer.models import _builder
+    from keras_mixer.models import _tools
 
     if not FLAGS.output or not FLAGS.output.lower().endswith(".png"):
         raise app.UsageError(
@@ -632,7 +632,7 @@ def visualize(argv):
     figure = FLAGS.figure
     if figure == "auto":
         try:
-            family = _builder.model_family(model)
+            family = _tools.model_family(model)
         except ValueError as error:
             raise app.UsageError(str(error)) from None
         figure = "cross_patch" if family == "resmlp" else "token_mixing"

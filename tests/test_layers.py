@@ -3,9 +3,7 @@
 The shared layers of `keras_mixer.layers` and the blocks of every family
 (`keras_mixer.models.<family>`)."""
 
-import importlib.util
 import math
-import os
 
 import keras
 import numpy as np
@@ -15,13 +13,6 @@ import tensorflow as tf
 from keras_mixer import layers as L
 from keras_mixer.models import mixer
 from keras_mixer.models import resmlp
-
-_spec = importlib.util.spec_from_file_location(
-    "_keras_mixer_tests_reference",
-    os.path.join(os.path.dirname(__file__), "reference.py"),
-)
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
 
 RNG = np.random.default_rng(0)
 TOKENS = (2, 6, 8)  # batch, tokens, channels
@@ -269,7 +260,7 @@ def test_mixed_bfloat16_block_computes_in_bfloat16():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_layer_norm_matches_the_float64_equation(dtype):
+def test_layer_norm_matches_the_float64_equation(dtype, reference):
     """Statistics in float32 even under mixed_bfloat16: the only error left
     is the output's rounding to bfloat16 (2^-8 relative)."""
     x = (RNG.normal(size=(3, 5, 64)) * 4 + 30).astype("float32")

@@ -3,7 +3,6 @@
 import functools
 import hashlib
 import http.server
-import importlib.util
 import io
 import logging
 import os
@@ -20,13 +19,6 @@ from keras_mixer.checkpoints import assign
 from keras_mixer.checkpoints import download
 from keras_mixer.checkpoints import resize
 from keras_mixer.models import _builder
-
-_spec = importlib.util.spec_from_file_location(
-    "_keras_mixer_tests_reference",
-    os.path.join(os.path.dirname(__file__), "reference.py"),
-)
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
 
 RNG = np.random.default_rng(0)
 
@@ -210,7 +202,7 @@ def test_weights_dir_skips_the_network(served, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("family", ["mixer", "resmlp"])
 @pytest.mark.parametrize("new_shape", [(64, 64, 3), (32, 96, 3)])
-def test_tiled_image_gives_the_small_models_logits(family, new_shape):
+def test_tiled_image_gives_the_small_models_logits(family, new_shape, reference):
     if family == "mixer":
         small = keras_mixer.MLPMixer(
             patch_size=8, hidden_dim=24, num_blocks=2, tokens_mlp_dim=6,
@@ -348,7 +340,7 @@ def to_official_npz(model, path):
     np.savez(path, **arrays)
 
 
-def test_named_weights_download_load_and_resize(tmp_path, monkeypatch):
+def test_named_weights_download_load_and_resize(tmp_path, monkeypatch, reference):
     """MixerS32 at full size, its official-layout file served from
     127.0.0.1 under a table name: the constructor downloads, verifies, loads
     exactly; at 2x the resolution the tiled image gives the same logits."""

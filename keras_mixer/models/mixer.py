@@ -213,23 +213,17 @@ def MLPMixer(
     10666
     """
     preprocessing = preprocessing or "tf"
+    sizes = dict(
+        patch_size=patch_size, hidden_dim=hidden_dim, num_blocks=num_blocks,
+        tokens_mlp_dim=tokens_mlp_dim, channels_mlp_dim=channels_mlp_dim,
+    )
+    rates = dict(
+        dropout_rate=dropout_rate, drop_path_rate=drop_path_rate,
+        head_dropout_rate=head_dropout_rate,
+    )
     shape = _builder.check_arguments(
-        sizes=dict(
-            patch_size=patch_size, hidden_dim=hidden_dim, num_blocks=num_blocks,
-            tokens_mlp_dim=tokens_mlp_dim, channels_mlp_dim=channels_mlp_dim,
-        ),
-        rates=dict(
-            dropout_rate=dropout_rate, drop_path_rate=drop_path_rate,
-            head_dropout_rate=head_dropout_rate,
-        ),
-        include_top=include_top,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        include_preprocessing=include_preprocessing,
-        preprocessing=preprocessing,
+        sizes, rates, include_top, input_tensor, input_shape, pooling,
+        classes, classifier_activation, include_preprocessing, preprocessing,
     )
     checkpoint = _builder.read_weights(weights, MixerBlock.family, name)
     if approximate_gelu is None:
@@ -243,8 +237,8 @@ def MLPMixer(
     if include_preprocessing:
         x = _builder.preprocessing(preprocessing, shape[-1])(x)
     x = layers.PatchEmbedding(patch_size, hidden_dim, name="stem")(x)
-    rates = _builder.stochastic_depth_rates(drop_path_rate, num_blocks)
-    for i, rate in enumerate(rates):
+    drop_path_rates = _builder.stochastic_depth_rates(drop_path_rate, num_blocks)
+    for i, rate in enumerate(drop_path_rates):
         x = MixerBlock(
             tokens_mlp_dim,
             channels_mlp_dim,

@@ -197,20 +197,14 @@ def ResMLP(
     0.1
     """
     preprocessing = preprocessing or "torch"
+    sizes = dict(patch_size=patch_size, hidden_dim=hidden_dim, num_blocks=num_blocks)
+    rates = dict(
+        dropout_rate=dropout_rate, drop_path_rate=drop_path_rate,
+        head_dropout_rate=head_dropout_rate,
+    )
     shape = _builder.check_arguments(
-        sizes=dict(patch_size=patch_size, hidden_dim=hidden_dim, num_blocks=num_blocks),
-        rates=dict(
-            dropout_rate=dropout_rate, drop_path_rate=drop_path_rate,
-            head_dropout_rate=head_dropout_rate,
-        ),
-        include_top=include_top,
-        input_tensor=input_tensor,
-        input_shape=input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        include_preprocessing=include_preprocessing,
-        preprocessing=preprocessing,
+        sizes, rates, include_top, input_tensor, input_shape, pooling,
+        classes, classifier_activation, include_preprocessing, preprocessing,
     )
     checks.check_positive("mlp_ratio", mlp_ratio)
     checkpoint = _builder.read_weights(weights, ResMLPBlock.family, name)
@@ -223,8 +217,8 @@ def ResMLP(
     if include_preprocessing:
         x = _builder.preprocessing(preprocessing, shape[-1])(x)
     x = layers.PatchEmbedding(patch_size, hidden_dim, name="stem")(x)
-    rates = _builder.stochastic_depth_rates(drop_path_rate, num_blocks)
-    for i, rate in enumerate(rates):
+    drop_path_rates = _builder.stochastic_depth_rates(drop_path_rate, num_blocks)
+    for i, rate in enumerate(drop_path_rates):
         x = ResMLPBlock(
             layerscale_init,
             mlp_ratio=mlp_ratio,
