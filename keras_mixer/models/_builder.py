@@ -27,11 +27,11 @@ from keras import ops
 
 from keras_mixer import checks
 from keras_mixer import layers
+from keras_mixer.checkpoints import Checkpoint
 from keras_mixer.checkpoints import assign
 from keras_mixer.checkpoints import download
 from keras_mixer.checkpoints import read_checkpoint
 from keras_mixer.checkpoints import resize
-from keras_mixer.checkpoints._plan import Checkpoint
 
 # Mean and std of the pixels scaled to [0, 1], per input-range convention.
 # The names follow `keras.applications.imagenet_utils.preprocess_input`.

@@ -6,9 +6,9 @@ import numpy as np
 import keras
 
 from keras_mixer import checks
+from keras_mixer.checkpoints import Checkpoint
 from keras_mixer.checkpoints import assign
 from keras_mixer.checkpoints import resize
-from keras_mixer.checkpoints._plan import Checkpoint
 from keras_mixer.models import _builder
 
 
