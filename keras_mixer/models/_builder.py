@@ -262,13 +262,22 @@ def head_dtype():
 
 
 def head(x, include_top, pooling, classes, classifier_activation, dropout_rate):
-    """The tail after the pre-head norm: pooling over the tokens, then (with
-    `include_top`) dropout, the dense head and its activation."""
+    """The tail after the pre-head norm: pooling over the positions (the
+    tokens of a `(batch, tokens, channels)` table, or the pixels of a
+    `(batch, height, width, channels)` map), then (with `include_top`)
+    dropout, the dense head and its activation."""
     dtype = head_dtype()
+    rank = len(x.shape)
+    if rank not in (3, 4):
+        raise ValueError(f"head: expected a rank 3 or 4 tensor, got {x.shape}.")
+    average, maximum = {
+        3: (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalMaxPooling1D),
+        4: (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D),
+    }[rank]
     if include_top or pooling == "avg":
-        x = keras.layers.GlobalAveragePooling1D(dtype=dtype, name="avg_pool")(x)
+        x = average(dtype=dtype, name="avg_pool")(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling1D(dtype=dtype, name="max_pool")(x)
+        x = maximum(dtype=dtype, name="max_pool")(x)
     if not include_top:
         return x
     if dropout_rate > 0:
