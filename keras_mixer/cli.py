@@ -1012,9 +1012,7 @@ def execute(argv):
                 f"Give the command first: keras-mixer COMMAND --flags "
                 f"({', '.join(COMMANDS)}).")
         parsed = parse(["keras-mixer"] + args)
-        if name in COMMANDS:
-            _check_flags(name)
-            _start_devices()
+        _start_devices()
         return main(parsed) or 0
     except app.UsageError as error:
         where = f" {name}" if name in COMMANDS else ""
