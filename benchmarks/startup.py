@@ -1,13 +1,16 @@
 """Start-up time of `import keras_mixer` (per backend) and `keras-mixer --help`:
-each command run --repeats times in a fresh interpreter, interleaved, with
-the median and the fastest wall time printed (a hyperfine-style table).
+each command run --repeats times in a fresh interpreter, all of them
+interleaved, with the median and the fastest wall time printed (a
+hyperfine-style table).
 
     python benchmarks/startup.py --repeats 10
-    python benchmarks/startup.py --repeats 10 --source /tmp/keras_mixer_main
+    python benchmarks/startup.py --repeats 10 \\
+        --source before=/tmp/km_before --source after=/tmp/km_after
 
---source puts another checkout of keras_mixer first on PYTHONPATH (e.g. a
-`git archive` of an older commit), to compare before and after on the same
-machine in the same minutes.
+Each --source NAME=PATH puts a keras_mixer checkout first on PYTHONPATH (e.g.
+a `git archive` of a commit), so two versions are compared in the same
+minutes on the same machine; without it, the keras_mixer Python finds.
+TF_CPP_MIN_LOG_LEVEL is unset, as a user leaves it.
 """
 
 import argparse
@@ -20,44 +23,43 @@ import time
 
 
 def commands():
+    """(name, KERAS_BACKEND, argv) of each measured command."""
     script = shutil.which("keras-mixer")
-    found = [
-        ("import keras_mixer (tensorflow)", "tensorflow",
-         [sys.executable, "-c", "import keras_mixer"]),
-        ("import keras_mixer (jax)", "jax",
-         [sys.executable, "-c", "import keras_mixer"]),
-        ("import keras_mixer (torch)", "torch",
-         [sys.executable, "-c", "import keras_mixer"]),
-        ("keras-mixer --help", "tensorflow",
-         [script or sys.executable, *([] if script else ["-m", "keras_mixer"]),
-          "--help"]),
+    cli = [script] if script else [sys.executable, "-m", "keras_mixer"]
+    importing = [sys.executable, "-c", "import keras_mixer"]
+    return [
+        ("import keras_mixer (tensorflow)", "tensorflow", importing),
+        ("import keras_mixer (jax)", "jax", importing),
+        ("import keras_mixer (torch)", "torch", importing),
+        ("keras-mixer --help", "tensorflow", cli + ["--help"]),
     ]
-    return found
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--source", default=None,
-                        help="a keras_mixer checkout to put first on PYTHONPATH")
+    parser.add_argument("--source", action="append", default=[],
+                        help="NAME=PATH of a keras_mixer checkout")
     args = parser.parse_args()
     env = dict(os.environ)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # measure what a user gets
-    if args.source:
-        env["PYTHONPATH"] = os.path.abspath(args.source)
-    table = commands()
-    times = {name: [] for name, _, _ in table}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    sources = [s.split("=", 1) for s in args.source] or [["", None]]
+    table = [(f"{name} [{label}]" if label else name, backend, argv, path)
+             for label, path in sources
+             for name, backend, argv in commands()]
+    times = {row[0]: [] for row in table}
     for _ in range(args.repeats):
-        for name, backend, argv in table:
+        for name, backend, argv, path in table:
+            run_env = {**env, "KERAS_BACKEND": backend}
+            if path:
+                run_env["PYTHONPATH"] = os.path.abspath(path)
             start = time.perf_counter()
-            subprocess.run(argv, env={**env, "KERAS_BACKEND": backend},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           check=False)
+            subprocess.run(argv, env=run_env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
             times[name].append(time.perf_counter() - start)
-    print(f"| command | median s | fastest s | runs |")
+    print("| command | median s | fastest s | runs |")
     print("|---|---|---|---|")
-    for name, _, _ in table:
-        values = times[name]
+    for name, values in times.items():
         print(f"| `{name}` | {statistics.median(values):.2f} | "
               f"{min(values):.2f} | {len(values)} |")
 
