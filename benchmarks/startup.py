@@ -10,7 +10,9 @@ hyperfine-style table).
 Each --source NAME=PATH puts a keras_mixer checkout first on PYTHONPATH (e.g.
 a `git archive` of a commit), so two versions are compared in the same
 minutes on the same machine; without it, the keras_mixer Python finds.
-TF_CPP_MIN_LOG_LEVEL is unset, as a user leaves it.
+TF_CPP_MIN_LOG_LEVEL is unset, as a user leaves it, and so is
+PYTHONDONTWRITEBYTECODE: an untimed first round writes the .pyc files that an
+installed package has.
 """
 
 import argparse
@@ -43,12 +45,13 @@ def main():
     args = parser.parse_args()
     env = dict(os.environ)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     sources = [s.split("=", 1) for s in args.source] or [["", None]]
     table = [(f"{name} [{label}]" if label else name, backend, argv, path)
              for label, path in sources
              for name, backend, argv in commands()]
     times = {row[0]: [] for row in table}
-    for _ in range(args.repeats):
+    for round_ in range(args.repeats + 1):  # round 0: untimed warm-up
         for name, backend, argv, path in table:
             run_env = {**env, "KERAS_BACKEND": backend}
             if path:
@@ -56,7 +59,8 @@ def main():
             start = time.perf_counter()
             subprocess.run(argv, env=run_env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)
-            times[name].append(time.perf_counter() - start)
+            if round_:
+                times[name].append(time.perf_counter() - start)
     print("| command | median s | fastest s | runs |")
     print("|---|---|---|---|")
     for name, values in times.items():

@@ -17,7 +17,8 @@ from keras_mixer import tf_logs
 
 tf_logs.default_level()
 with tf_logs.quiet_startup():
-    importlib.import_module("keras")  # TensorFlow, under its backend, too
+    import keras  # TensorFlow, under its backend, loads here too
+del keras
 
 from keras_mixer import layers  # noqa: E402
 from keras_mixer import mixer  # noqa: E402

@@ -11,6 +11,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
 import typing
@@ -65,9 +66,8 @@ flags.DEFINE_float("learning_rate", None, "Peak learning rate at "
                    "--base_batch; the run uses learning_rate x batch_size x "
                    "grad_accum_steps / base_batch (printed at start).")
 flags.DEFINE_integer("base_batch", None, "The batch size --learning_rate is "
-                     "quoted at (default: the config's, 256 for the default "
-                     "config); set it to --batch_size to use --learning_rate "
-                     "as is.")
+                     "quoted at; set it to --batch_size to use "
+                     "--learning_rate as is.")
 flags.DEFINE_enum("optimizer", None, ["adamw", "lamb", "sgd"], "Optimizer.")
 flags.DEFINE_float("weight_decay", None, "Decoupled weight decay (kernels).")
 flags.DEFINE_integer("warmup_steps", None, "Linear warmup steps.")
@@ -617,8 +617,6 @@ def export(argv):
 def _error_line(error):
     """The message of an exception on one line, without TensorFlow's node
     and op annotations."""
-    import re
-
     text = getattr(error, "message", None) or str(error)
     text = re.sub(r"\{\{[^}]*\}\}", " ", text)
     lines = [line.strip() for line in text.splitlines() if line.strip()
@@ -889,6 +887,10 @@ def command_help(name):
     for flag_name in command.flags:
         flag = FLAGS[flag_name]
         text = command.help.get(flag_name, flag.help)
+        # A flag's general help may name this command first: drop that.
+        own = re.match(rf"(<[^>]*>: )?{name}: (.)(.*)", text, re.DOTALL)
+        if own:
+            text = (own.group(1) or "") + own.group(2).upper() + own.group(3)
         if name in ("train", "evaluate") or flag_name not in CONFIG_FLAGS:
             text += _default(flag_name, flag)
         lines.append(f"  --{flag_name}")

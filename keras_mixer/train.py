@@ -14,6 +14,8 @@ trains, and leaves in `output_dir`:
     final.keras     the model at the end of training.
     metrics.json    val_accuracy, val_top5_accuracy, epochs_completed,
                     train_images_per_second, wall_seconds, ...
+    labels.txt      the class names, one per line in class order (export,
+                    predict and evaluate read it from beside the model).
     logs/           TensorBoard logs (TensorFlow backend).
 
 Models and records are written to a temporary name, then renamed, so a kill
