@@ -130,3 +130,46 @@ def test_train_reload_export_predict_evaluate(tmp_path):
     evaluated = json.loads(report.read_text())
     assert evaluated["examples"] == 4  # 2 of each class held out
     assert evaluated["top1"] == pytest.approx(metrics["val_accuracy"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# The same rules in this process, at their edges.
+
+
+def test_the_batch_fits_small_data_or_is_refused_with_a_size():
+    from keras_mixer import data
+    from keras_mixer import recipes
+    from keras_mixer import train
+
+    info = data.DatasetInfo("folder:photos", "train", 2, 26)
+    default = recipes.get_config("default")  # batch 256, the config's own
+    assert train.fit_batch(default, info, 256) == 16
+    assert train.fit_batch(default, info, 256, num_replicas=3) == 24
+    assert train.fit_batch(default, info, 8) == 8
+    chosen = recipes.get_config("default", batch_size=64)
+    with pytest.raises(ValueError, match="--batch_size 64 exceeds the 26 "
+                       "training examples of folder:photos; use --batch_size "
+                       "16"):
+        train.fit_batch(chosen, info, 64)
+    with pytest.raises(ValueError, match="fewer than the 32 replicas"):
+        train.fit_batch(default, info, 256, num_replicas=32)
+    rule = recipes.learning_rate_rule(
+        recipes.get_config("default", grad_accum_steps=4), 64)
+    assert rule == ("peak lr = lr x batch x grad_accum_steps / base_batch = "
+                    "0.001 x 64 x 4 / 256 = 0.001")
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path,
+                                                       cli_usage_error):
+    import keras_mixer
+
+    model = keras_mixer.MLPMixer(4, 16, 1, 8, 32, input_shape=(16, 16, 3),
+                                 classes=2)
+    model.save(tmp_path / "m.keras")
+    (tmp_path / "labels.txt").write_text("cats\ndogs\n")
+    _photos(tmp_path / "photos")
+    (tmp_path / "photos" / "dogs").rename(tmp_path / "photos" / "birds")
+    message = cli_usage_error("evaluate", f"--model={tmp_path / 'm.keras'}",
+                              f"--dataset=folder:{tmp_path / 'photos'}")
+    assert "trained on the classes of" in message
+    assert "(cats, dogs) but folder:" in message and "has birds, cats" in message
