@@ -34,6 +34,7 @@ def commands():
         ("import keras_mixer (jax)", "jax", importing),
         ("import keras_mixer (torch)", "torch", importing),
         ("keras-mixer --help", "tensorflow", cli + ["--help"]),
+        ("keras-mixer --help (jax)", "jax", cli + ["--help"]),
     ]
 
 
