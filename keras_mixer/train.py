@@ -333,6 +333,14 @@ def _steps(info, config, global_batch):
     return info.num_examples // global_batch
 
 
+def _strategy_name(tf_strategy, distribution):
+    """How the start line names the strategy: MirroredStrategy, ..."""
+    if distribution is not None:
+        return type(distribution).__name__
+    name = type(tf_strategy).__name__ if tf_strategy is not None else ""
+    return "one device" if name in ("", "_DefaultDistributionStrategy") else name
+
+
 class InputError(ValueError):
     """A config, dataset or flag that cannot train, found before training."""
 
@@ -451,9 +459,8 @@ def _prepare(config, output_dir, strategy, tpu, devices):
         global_batch=global_batch, policy=policy, train_ds=train_ds,
         val_ds=val_ds, info=info, val_info=val_info,
         steps_per_epoch=steps_per_epoch, model=model, trainee=trainee,
-        labels_text=labels_text, strategy_name=(
-            type(tf_strategy).__name__ if tf_strategy is not None else
-            "DataParallel" if distribution is not None else "one device"),
+        labels_text=labels_text, strategy_name=_strategy_name(
+            tf_strategy, distribution),
     )
 
 
