@@ -32,6 +32,9 @@ setup(
         "safetensors",
         # Training: datasets by name, and TensorBoard logs.
         "tensorflow-datasets",
+        # tensorflow-datasets 4.9 imports it on every builder's download path
+        # (DatasetBuilder.code_path) but declares it for Python < 3.9 only.
+        "importlib_resources",
         "tensorboard",
         # Export: the LiteRT interpreter checks every TFLite file it writes.
         "ai-edge-litert",

@@ -1,32 +1,77 @@
 """keras_mixer: MLP-Mixer and ResMLP for Keras 3.
 
+`import keras_mixer` loads the models, their layers and everything a saved
+`.keras` file of this package refers to (layers, the learning-rate schedule),
+so `keras.saving.load_model` finds them in a new process. The other public
+submodules (`keras_mixer.export`, `.train`, `.data`, ...) load on first use:
+TensorFlow is imported only when one of them needs it, never by
+`import keras_mixer` under the JAX or PyTorch backend.
+
 >>> import keras_mixer
 >>> model = keras_mixer.MixerB16()  # doctest: +SKIP
 """
 
-from keras_mixer import layers
-from keras_mixer import models
-from keras_mixer import visualize
-from keras_mixer.labels import decode_predictions
-from keras_mixer.models import MODELS
-from keras_mixer.models._builder import preprocess_input
-from keras_mixer.models._tools import count_flops
-from keras_mixer.models._tools import feature_extractor
-from keras_mixer.models._tools import resize_token_mixing
-from keras_mixer.models.mixer import MLPMixer
-from keras_mixer.models.mixer import MixerB16
-from keras_mixer.models.mixer import MixerB32
-from keras_mixer.models.mixer import MixerH14
-from keras_mixer.models.mixer import MixerL16
-from keras_mixer.models.mixer import MixerL32
-from keras_mixer.models.mixer import MixerS8
-from keras_mixer.models.mixer import MixerS16
-from keras_mixer.models.mixer import MixerS32
-from keras_mixer.models.resmlp import ResMLP
-from keras_mixer.models.resmlp import ResMLP12
-from keras_mixer.models.resmlp import ResMLP24
-from keras_mixer.models.resmlp import ResMLP36
-from keras_mixer.models.resmlp import ResMLPB24
-from keras_mixer.presets import WEIGHTS
-from keras_mixer.presets import list_weights
-from keras_mixer.version import __version__
+import importlib
+
+from keras_mixer import tf_logs
+
+tf_logs.default_level()
+with tf_logs.quiet_startup():
+    import keras  # TensorFlow, under its backend, loads here too
+del keras
+
+from keras_mixer import layers  # noqa: E402
+# Imported eagerly: the model families register their blocks, which saved
+# models name (keras_mixer>MixerBlock, ...).
+from keras_mixer import models  # noqa: E402
+# Registers the learning-rate schedule that trained models' optimizers save.
+from keras_mixer import recipes  # noqa: E402
+from keras_mixer.labels import decode_predictions  # noqa: E402
+from keras_mixer.models import MODELS  # noqa: E402
+from keras_mixer.models._builder import preprocess_input  # noqa: E402
+from keras_mixer.models._tools import count_flops  # noqa: E402
+from keras_mixer.models._tools import feature_extractor  # noqa: E402
+from keras_mixer.models._tools import resize_token_mixing  # noqa: E402
+from keras_mixer.models.mixer import MLPMixer  # noqa: E402
+from keras_mixer.models.mixer import MixerB16  # noqa: E402
+from keras_mixer.models.mixer import MixerB32  # noqa: E402
+from keras_mixer.models.mixer import MixerH14  # noqa: E402
+from keras_mixer.models.mixer import MixerL16  # noqa: E402
+from keras_mixer.models.mixer import MixerL32  # noqa: E402
+from keras_mixer.models.mixer import MixerS8  # noqa: E402
+from keras_mixer.models.mixer import MixerS16  # noqa: E402
+from keras_mixer.models.mixer import MixerS32  # noqa: E402
+from keras_mixer.models.resmlp import ResMLP  # noqa: E402
+from keras_mixer.models.resmlp import ResMLP12  # noqa: E402
+from keras_mixer.models.resmlp import ResMLP24  # noqa: E402
+from keras_mixer.models.resmlp import ResMLP36  # noqa: E402
+from keras_mixer.models.resmlp import ResMLPB24  # noqa: E402
+from keras_mixer.presets import WEIGHTS  # noqa: E402
+from keras_mixer.presets import list_weights  # noqa: E402
+from keras_mixer.version import __version__  # noqa: E402
+
+# Public submodules loaded on first attribute access: name -> module. A module
+# that moves only changes its entry here.
+LAZY_SUBMODULES = {
+    "benchmark": "keras_mixer.benchmark",
+    "checkpoints": "keras_mixer.checkpoints",
+    "data": "keras_mixer.data",
+    "distribute": "keras_mixer.distribute",
+    "evaluation": "keras_mixer.evaluation",
+    "export": "keras_mixer.export",
+    "presets": "keras_mixer.presets",
+    "train": "keras_mixer.train",
+    "visualize": "keras_mixer.visualize",
+}
+
+
+def __getattr__(name):
+    if name in LAZY_SUBMODULES:
+        # The import also sets the attribute: later lookups skip this hook.
+        with tf_logs.quiet_startup():  # some of them import TensorFlow
+            return importlib.import_module(LAZY_SUBMODULES[name])
+    raise AttributeError(f"module 'keras_mixer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(LAZY_SUBMODULES))

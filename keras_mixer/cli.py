@@ -1,47 +1,30 @@
-"""The `keras-mixer` command line: `keras-mixer <command> [--flags]`.
+"""The `keras-mixer` command line: `keras-mixer COMMAND [--flag=value ...]`.
 
-Commands:
-    summary   the layers, parameter count and GFLOPs per image of a model.
-    weights   the table of pretrained weights (all, or --model's).
-    convert   builds a model with --weights and saves it as --output
-              (.keras or .weights.h5), for air-gapped machines.
-    train     trains or fine-tunes (--config, --dataset, --output_dir, ...)
-              under a tf.distribute strategy; resumes after interruption.
-    evaluate  top-1/top-5 of a model on a dataset, or --fewshot 1,5,10,25.
-    demo      trains a small Mixer on the bundled digits (offline, ~1 min on
-              two CPU cores), exports it (SavedModel, TFLite) and classifies
-              held-out digits through the exports.
-    export    writes a TF Serving SavedModel (<output>/<version>/) and TFLite
-              files (--tflite none,float16,dynamic_int8,int8).
-    predict   top-5 labels of image files through a SavedModel directory, a
-              .tflite or a .keras file.
-
-Examples:
-    keras-mixer summary --model MixerB16 --image_size 224
-    keras-mixer weights --model MixerB16
-    keras-mixer convert --model MixerB16 --weights imagenet1k --output mixer_b16.keras
-    keras-mixer train --config mixer_b16_imagenet --output_dir runs/b16 --strategy tpu --tpu my-tpu
-    keras-mixer train --dataset cifar10 --model MixerB16 --weights imagenet21k \
-        --image_size 448 --output_dir runs/b16_cifar10
-    keras-mixer evaluate --model runs/b16_cifar10/final.keras --dataset cifar10 --fewshot 1,5,10,25
-    keras-mixer demo --output_dir mixer_demo
-    keras-mixer export --model MixerB16 --weights imagenet1k --image_size 224 \
-        --output export/models/mixer_b16 --version 1 --tflite none,dynamic_int8
-    keras-mixer predict --model_dir export/models/mixer_b16/1 cat.jpg dog.png
+`keras-mixer --help` lists the commands (the `COMMANDS` table at the end of
+this file), one line each; `keras-mixer COMMAND --help` (or `-h`) prints that
+command's flags with their defaults and an example. A mistyped command or flag
+is refused with the nearest valid name, and a flag that another command takes
+is refused rather than ignored.
 """
 
+import difflib
 import json
+import logging
 import os
+import re
 import sys
+import textwrap
+import typing
 
 from absl import app
 from absl import flags
 
+from keras_mixer import tf_logs
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string(
-    "model", None, "Model name, e.g. MixerB16, MixerS32, ResMLP12 "
-    "(summary: default MixerB16)."
+    "model", None, "Model name, e.g. MixerB16, MixerS32, ResMLP12."
 )
 flags.DEFINE_string(
     "weights", None, "Weights name (see `keras-mixer weights`) or file path."
@@ -69,7 +52,9 @@ flags.DEFINE_string(
     "dataset", None, "digits (bundled), a tensorflow-datasets name (cifar10, "
     "imagenet2012, ...) or folder:PATH (one sub-folder per class)."
 )
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir, where "
+                    "`tfds build NAME --data_dir DIR` prepared the dataset "
+                    "(default: ~/tensorflow_datasets).")
 flags.DEFINE_string("output_dir", None, "Run folder: backups, history.csv, "
                     "best.keras, final.keras, metrics.json, logs/.")
 flags.DEFINE_integer("epochs", None, "Epochs.")
@@ -77,8 +62,12 @@ flags.DEFINE_integer("batch_size", None, "Global batch size (per-replica "
                      "batch x replicas).")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch; default: "
                      "training examples // global batch.")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate at the "
-                   "config's base_batch (scaled linearly to the global batch).")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate at "
+                   "--base_batch; the run uses learning_rate x batch_size x "
+                   "grad_accum_steps / base_batch (printed at start).")
+flags.DEFINE_integer("base_batch", None, "The batch size --learning_rate is "
+                     "quoted at; set it to --batch_size to use "
+                     "--learning_rate as is.")
 flags.DEFINE_enum("optimizer", None, ["adamw", "lamb", "sgd"], "Optimizer.")
 flags.DEFINE_float("weight_decay", None, "Decoupled weight decay (kernels).")
 flags.DEFINE_integer("warmup_steps", None, "Linear warmup steps.")
@@ -120,13 +109,14 @@ flags.DEFINE_string("tflite", None, "export: TFLite files to write, e.g. "
                     "quantizations against none, e.g. dynamic_int8.")
 flags.DEFINE_bool("onnx", False, "export: also write <output>/<name>.onnx "
                   "(tf2onnx, checked with onnxruntime).")
-flags.DEFINE_integer("top_k", 5, "export: classes in the top-k outputs.")
-flags.DEFINE_string("labels", None, "export/predict: class names, one per "
-                    "line (default: ImageNet names for 1000/21843/11221 "
-                    "classes).")
+flags.DEFINE_integer("top_k", None, "Classes in the top-k outputs; default: "
+                     "min(5, classes).")
+flags.DEFINE_string("labels", None, "Class names, one per line; default: the "
+                    "labels.txt beside the model file (train writes it), else "
+                    "the ImageNet names for 1000/21843/11221 classes.")
 flags.DEFINE_bool("overwrite", False, "export: replace an existing version.")
-flags.DEFINE_string("model_dir", None, "predict: SavedModel directory, "
-                    ".tflite or .keras file.")
+flags.DEFINE_string("model_dir", None, "A SavedModel version directory, a "
+                    ".tflite or a .keras file.")
 flags.DEFINE_enum("figure", "auto", ["auto", "token_mixing", "stem",
                   "cross_patch", "sparsity"], "visualize: the figure; auto is "
                   "token_mixing for Mixer, cross_patch for ResMLP.")
@@ -241,7 +231,7 @@ def convert(argv):
 # Flags that map one-to-one onto config keys.
 CONFIG_FLAGS = (
     "model", "weights", "dataset", "data_dir", "image_size", "epochs",
-    "batch_size", "steps_per_epoch", "learning_rate", "optimizer",
+    "batch_size", "steps_per_epoch", "learning_rate", "base_batch", "optimizer",
     "weight_decay", "warmup_steps", "decay", "label_smoothing", "dropout_rate",
     "drop_path_rate", "mixup", "cutmix", "ema", "grad_accum_steps",
     "precision", "teacher", "eval_crop", "seed",
@@ -299,12 +289,6 @@ def _verbose():
     return 1 if sys.stdout.isatty() else 2
 
 
-def _logging():
-    import logging
-
-    logging.getLogger("keras_mixer").setLevel(logging.INFO)
-
-
 def train(argv):
     """Trains --config / flags into --output_dir (resumes if it holds a run)."""
     from keras_mixer import train as train_lib
@@ -316,7 +300,6 @@ def train(argv):
         )
     config = config_from_flags()
     _setup_devices()
-    _logging()
     try:
         metrics = train_lib.train(
             config, FLAGS.output_dir, strategy=FLAGS.strategy, tpu=FLAGS.tpu,
@@ -362,7 +345,6 @@ def evaluate(argv):
                 f"--fewshot {FLAGS.fewshot!r}: give shots per class, e.g. "
                 "1,5,10,25."
             ) from None
-    _logging()
     if config["model"].endswith(".keras"):
         model = _load_keras_file(config["model"])
     else:
@@ -392,6 +374,7 @@ def evaluate(argv):
                 f"{info.name} has {info.num_classes}; evaluate a model "
                 "trained on this dataset, or use --fewshot."
             )
+        _check_class_names(FLAGS.labels or _labels_beside_model(), info)
         result = evaluation.evaluate(model, test_ds)
         report = {"dataset": info.name, "split": split, **result}
     print(json.dumps(report, indent=2))
@@ -400,6 +383,25 @@ def evaluate(argv):
 
         atomic_write_text(FLAGS.output, json.dumps(report, indent=2))
     return 0
+
+
+def _check_class_names(labels_path, info):
+    """Refuses a dataset whose classes (or their order) differ from the
+    ones the model was trained on (its labels file)."""
+    from keras_mixer import labels as labels_lib
+
+    if not labels_path or not info.class_names:
+        return
+    trained = labels_lib.read_labels(labels_path)
+    if [str(n) for n in info.class_names] != trained:
+        raise app.UsageError(
+            f"The model was trained on the classes of {labels_path} "
+            f"({', '.join(trained[:5])}{', ...' if len(trained) > 5 else ''})"
+            f" but {info.name} has {', '.join(map(str, info.class_names[:5]))}"
+            f"{', ...' if len(info.class_names) > 5 else ''}: evaluate on a "
+            "dataset with the same classes in the same order, or give "
+            "--labels."
+        )
 
 
 def demo(argv):
@@ -416,7 +418,6 @@ def demo(argv):
         config = recipes.get_config("demo", **overrides)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    _logging()
     print(f"keras-mixer demo: a {train_lib.DEMO_MODEL['num_blocks']}-block "
           f"Mixer on the 1,797 bundled 8x8 digits, upsampled to 32x32; "
           f"{config['epochs']} epochs into {output_dir}/ (rerun to resume).")
@@ -512,6 +513,16 @@ def _model_from_flags():
     return build_from_flags(weights=FLAGS.weights)
 
 
+def _labels_beside_model():
+    """The labels.txt beside a .keras --model (or --weights), or None."""
+    from keras_mixer import labels as labels_lib
+
+    for path in (FLAGS.model, FLAGS.weights):
+        if path and path.endswith(".keras"):
+            return labels_lib.labels_beside(path)
+    return None
+
+
 def _tflite_modes(export_lib):
     """--tflite as a list of quantizations (empty when unset)."""
     if not FLAGS.tflite:
@@ -548,15 +559,26 @@ def export(argv):
             f"{version_dir} exists: give --overwrite or another --version."
         )
     model = _model_from_flags()
+    classes = model.output_shape[-1]
+    labels = FLAGS.labels or _labels_beside_model()
     try:
+        names = export_lib.resolve_labels(labels, classes)
         path = export_lib.save_for_serving(
-            model, FLAGS.output, version=FLAGS.version, top_k=FLAGS.top_k,
-            labels=FLAGS.labels, overwrite=FLAGS.overwrite,
+            model, FLAGS.output, version=FLAGS.version,
+            top_k=FLAGS.top_k or min(5, classes), labels=names,
+            overwrite=FLAGS.overwrite,
         )
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise app.UsageError(str(error)) from None
     print(f"SavedModel: {path} (signatures: "
           f"{', '.join(export_lib.SIGNATURES)})")
+    if names:  # for the TFLite files, which do not hold them
+        from keras_mixer import labels as labels_lib
+        from keras_mixer.train import atomic_write_text
+
+        labels_path = os.path.join(FLAGS.output, labels_lib.LABELS_FILE)
+        atomic_write_text(labels_path, labels_lib.format_labels(names))
+        print(f"labels: {labels_path} ({len(names)} classes)")
     reports = []
     representative = None
     if "int8" in quantizations:
@@ -590,8 +612,23 @@ def export(argv):
     return 0
 
 
+def _error_line(error):
+    """The message of an exception on one line, without TensorFlow's node
+    and op annotations."""
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{[^}]*\}\}", " ", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()
+             and not line.strip().startswith(("[[", "Detected at node",
+                                              "Graph execution error"))]
+    line = lines[0] if lines else type(error).__name__
+    return re.sub(r"\s*\[Op:\w+\].*$", "", line).strip()
+
+
 def predict(argv):
-    """Prints the top-5 classes of each image file."""
+    """Prints the top classes of each image file; a file that fails gets an
+    error line and the exit status 1, the others their predictions."""
+    import tensorflow as tf
+
     from keras_mixer import export as export_lib
 
     if not FLAGS.model_dir:
@@ -608,14 +645,27 @@ def predict(argv):
         raise app.UsageError(f"--model_dir {FLAGS.model_dir}: no such file "
                              "or directory.")
     try:
-        predictor = export_lib.load_predictor(FLAGS.model_dir,
-                                              labels=FLAGS.labels)
-    except ValueError as error:
+        predictor = export_lib.load_predictor(
+            FLAGS.model_dir, labels=FLAGS.labels, top_k=FLAGS.top_k)
+    except (ValueError, OSError) as error:
         raise app.UsageError(str(error)) from None
-    for path, top in zip(argv, predictor(list(argv))):
+    failed = 0
+    for path in argv:  # one at a time: a bad file fails alone
+        try:
+            top = predictor([path])[0]
+        except (tf.errors.OpError, OSError, ValueError) as error:
+            failed += 1
+            sys.stdout.flush()
+            print(f"{path}: error: {_error_line(error)}", file=sys.stderr)
+            continue
         print(path)
         for rank, (label, score, index) in enumerate(top, 1):
             print(f"  {rank}. {label} ({index}): {score:.4f}")
+    if failed:
+        sys.stdout.flush()
+        print(f"{failed} of {len(argv)} image file(s) failed.",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -682,28 +732,303 @@ def benchmark(argv):
     return 0
 
 
-COMMANDS = {"summary": summary, "weights": weights, "convert": convert,
-            "train": train, "evaluate": evaluate, "demo": demo,
-            "export": export, "predict": predict, "visualize": visualize,
-            "benchmark": benchmark}
+class Command(typing.NamedTuple):
+    """A `keras-mixer` command: its function, its line in `keras-mixer
+    --help`, one example, its flags, and help texts that replace a flag's
+    general one in `keras-mixer COMMAND --help`."""
+
+    function: typing.Callable
+    summary: str
+    example: str
+    flags: tuple
+    help: dict = {}
+
+
+# Flags of the commands that build a named model or load a .keras file.
+MODEL_FLAGS = ("model", "weights", "image_size", "channels", "classes",
+               "include_top")
+# train and evaluate read the config with these flags applied.
+TRAIN_FLAGS = ("config",) + CONFIG_FLAGS + ("randaugment", "override")
+
+COMMANDS = {
+    "summary": Command(
+        summary, "layers, parameter count and GFLOPs per image of a model",
+        "keras-mixer summary --model MixerB16 --image_size 224",
+        ("model", "image_size", "channels", "classes", "include_top"),
+        {"model": "Model name, e.g. MixerB16, MixerS32, ResMLP12 (default "
+                  "MixerB16)."}),
+    "weights": Command(
+        weights, "the table of pretrained weights (all, or --model's)",
+        "keras-mixer weights --model MixerB16", ("model",),
+        {"model": "Only this model's weights, e.g. MixerB16."}),
+    "convert": Command(
+        convert, "a model with pretrained weights saved as .keras or "
+                 ".weights.h5",
+        "keras-mixer convert --model MixerB16 --weights imagenet1k "
+        "--output mixer_b16.keras",
+        MODEL_FLAGS + ("output",),
+        {"output": "The file to write: .keras (whole model) or .weights.h5."}),
+    "train": Command(
+        train, "trains or fine-tunes a model; rerun to resume",
+        "keras-mixer train --dataset folder:photos --model MixerS16 "
+        "--image_size 64 --epochs 30 --output_dir runs/photos",
+        TRAIN_FLAGS + ("output_dir", "strategy", "tpu", "cpu_devices",
+                       "verbose"),
+        {"precision": "float32, bfloat16 (mixed; TPU, CPU), float16 (mixed "
+                      "with loss scaling; GPU), or auto.",
+         "batch_size": "Global batch size (per-replica batch x replicas); "
+                       "when not given, the config's is lowered to fit a "
+                       "small dataset.",
+         "image_size": "Input side in pixels, a multiple of the model's "
+                       "patch size.",
+         "weights": "Pretrained weights to fine-tune from (a name, see "
+                    "`keras-mixer weights`, or a file); the head starts "
+                    "fresh."}),
+    "evaluate": Command(
+        evaluate, "top-1/top-5 accuracy on a dataset, or few-shot accuracy",
+        "keras-mixer evaluate --model runs/photos/final.keras "
+        "--dataset folder:photos",
+        TRAIN_FLAGS + ("classes", "split", "fewshot", "labels", "output"),
+        {"model": "A .keras file (e.g. a run's final.keras), or a model name "
+                  "with --weights.",
+         "output": "Also write the report to this .json file.",
+         "labels": "Class names the model was trained on, one per line "
+                   "(default: the labels.txt beside --model); evaluate "
+                   "refuses a dataset with other classes."}),
+    "demo": Command(
+        demo, "trains, exports and runs a small Mixer on bundled digits "
+              "(offline)",
+        "keras-mixer demo --output_dir mixer_demo",
+        ("output_dir", "epochs", "verbose"),
+        {"output_dir": "Run folder (default: mixer_demo).",
+         "epochs": "Epochs (default: 15)."}),
+    "export": Command(
+        export, "a TF Serving SavedModel, TFLite and ONNX files of a model",
+        "keras-mixer export --model runs/photos/final.keras --output "
+        "export/models/photos --tflite none,dynamic_int8",
+        MODEL_FLAGS + ("output", "version", "tflite", "onnx", "top_k",
+                       "labels", "overwrite", "dataset", "data_dir"),
+        {"model": "A .keras file (e.g. a run's final.keras), or a model name "
+                  "with --weights.",
+         "output": "The model's base path: the SavedModel goes to "
+                   "<output>/<version>/, TFLite files and labels.txt to "
+                   "<output>/.",
+         "tflite": "TFLite files to write, e.g. none,float16,dynamic_int8,"
+                   "int8 (int8 calibrates on --dataset).",
+         "dataset": "Images to calibrate --tflite int8 on: digits, "
+                    "folder:PATH or a tensorflow-datasets name."}),
+    "predict": Command(
+        predict, "top classes of image files (SavedModel, .tflite, .keras)",
+        "keras-mixer predict --model_dir export/models/photos/1 cat.jpg "
+        "dog.png",
+        ("model_dir", "labels", "top_k"),
+        {"labels": "Class names, one per line; default: the SavedModel's "
+                   "own, else the labels.txt beside the .tflite or .keras "
+                   "file."}),
+    "visualize": Command(
+        visualize, "a figure of a model's learned weights, as a .png",
+        "keras-mixer visualize --model MixerB16 --weights imagenet21k "
+        "--output units.png",
+        MODEL_FLAGS + ("output", "figure", "block"),
+        {"output": "The .png file to write."}),
+    "benchmark": Command(
+        benchmark, "images/s and GFLOP/s of a model (timm's side by side)",
+        "keras-mixer benchmark --model MixerB16 --batch_size 32 "
+        "--precision float32,bfloat16 --mode infer,train",
+        ("model", "batch_size", "image_size", "precision", "mode", "steps",
+         "warmup", "timm", "jit_compile", "tflite", "inputs"),
+        {"model": "Model name (default MixerB16).",
+         "batch_size": "Batch size (default 32).",
+         "image_size": "Input side in pixels (default 224).",
+         "precision": "A list, e.g. float32,bfloat16 (default float32).",
+         "tflite": "Also batch-1 TFLite latency of these quantizations "
+                   "against none, e.g. dynamic_int8."}),
+}
 # Commands that take positional arguments (image files).
 POSITIONAL = ("predict",)
+HELP = ("-h", "--help", "-help", "--helpfull", "--helpshort", "help")
+
+
+def overview():
+    """`keras-mixer --help`: the commands, one line each."""
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: keras-mixer COMMAND [--flag=value ...]", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {command.summary}"
+              for name, command in COMMANDS.items()]
+    lines += ["", "`keras-mixer COMMAND --help` prints a command's flags and "
+              "an example."]
+    return "\n".join(lines)
+
+
+def _default(name, flag):
+    value = flag.default
+    if value is None and name in CONFIG_FLAGS:  # the config decides
+        from keras_mixer import recipes
+
+        value = recipes.DEFAULTS.get(name)
+        if value is not None:
+            return f" (default config: {value})"
+    if value is None or value == []:
+        return ""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f" (default: {value})"
+
+
+def command_help(name):
+    """`keras-mixer NAME --help`: that command's flags, defaults, example."""
+    command = COMMANDS[name]
+    files = " IMAGE ..." if name in POSITIONAL else ""
+    lines = [f"keras-mixer {name}: {command.summary}.", "",
+             f"usage: keras-mixer {name} [--flag=value ...]{files}", "",
+             "flags:"]
+    for flag_name in command.flags:
+        flag = FLAGS[flag_name]
+        text = command.help.get(flag_name, flag.help)
+        # A flag's general help may name this command first: drop that.
+        own = re.match(rf"(<[^>]*>: )?{name}: (.)(.*)", text, re.DOTALL)
+        if own:
+            text = (own.group(1) or "") + own.group(2).upper() + own.group(3)
+        if name in ("train", "evaluate") or flag_name not in CONFIG_FLAGS:
+            text += _default(flag_name, flag)
+        lines.append(f"  --{flag_name}")
+        lines += textwrap.wrap(text, 76, initial_indent="      ",
+                               subsequent_indent="      ")
+    if name in ("train", "evaluate"):
+        lines += ["", "Flags left unset keep the --config's values (shown: the "
+                  "default config's; see keras_mixer.recipes.CONFIGS)."]
+    lines += ["", "example:", f"  {command.example}"]
+    return "\n".join(lines)
+
+
+def _nearest(name, candidates):
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return close[0] if close else None
+
+
+def parse(argv):
+    """Parses the flags of `argv` ([program, command, ...]) into FLAGS and
+    returns [program, command, positional ...]; an unknown flag is a
+    UsageError naming the nearest flag of the command."""
+    name = argv[1] if len(argv) > 1 else None
+    try:
+        return FLAGS(argv)
+    except flags.UnrecognizedFlagError as error:
+        flag = error.flagname
+        known = COMMANDS[name].flags if name in COMMANDS else list(FLAGS)
+        near = _nearest(flag, known)
+        hint = f"; did you mean --{near}?" if near else "."
+        raise app.UsageError(f"Unknown flag --{flag}{hint}") from None
+    except flags.Error as error:
+        raise app.UsageError(str(error)) from None
+
+
+def _check_flags(name):
+    """Refuses a flag given to a command that does not take it."""
+    command = COMMANDS[name]
+    given = sorted({FLAGS[f].name for f in FLAGS if FLAGS[f].present})
+    for flag in given:
+        if flag in command.flags:
+            continue
+        takers = [n for n, c in COMMANDS.items() if flag in c.flags]
+        near = _nearest(flag, command.flags)
+        message = f"--{flag} is not a flag of {name}"
+        if takers:
+            message += f" (it is one of {', '.join(takers)})"
+        if near:
+            message += f"; did you mean --{near}?"
+        raise app.UsageError(message + ".")
 
 
 def main(argv):
+    """Runs the command of `argv` ([program, command, positional ...], flags
+    already parsed); raises app.UsageError for bad input."""
     if len(argv) < 2 or argv[1] not in COMMANDS:
         given = argv[1] if len(argv) > 1 else "nothing"
+        near = _nearest(given, COMMANDS) if len(argv) > 1 else None
+        hint = f" Did you mean {near!r}?" if near else ""
         raise app.UsageError(
-            f"Expected a command ({', '.join(COMMANDS)}), got {given!r}. "
-            "Example: keras-mixer summary --model MixerB16"
+            f"Expected a command ({', '.join(COMMANDS)}), got {given!r}."
+            f"{hint} Example: keras-mixer summary --model MixerB16"
         )
+    _check_flags(argv[1])
     if len(argv) > 2 and argv[1] not in POSITIONAL:
         raise app.UsageError(
             f"Unexpected arguments {argv[2:]}; flags take the form --name=value."
         )
-    return COMMANDS[argv[1]](argv[2:])
+    return COMMANDS[argv[1]].function(argv[2:])
+
+
+class _Messages(logging.Formatter):
+    """keras_mixer's log lines as plain sentences; warnings say so."""
+
+    def format(self, record):
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def _start_devices():
+    """TensorFlow's devices started with their start-up lines dropped."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        with tf_logs.quiet_startup():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+
+
+def execute(argv):
+    """`keras-mixer` with `argv` ([program, arguments ...]): prints help or
+    runs a command, and returns the exit status (2 for bad input). Flags
+    are reset afterwards, so it can run in-process."""
+    args = list(argv[1:])
+    own = args[:args.index("--")] if "--" in args else args
+    if not args or args[0] in HELP:
+        name = args[1] if len(args) > 1 and args[0] == "help" else None
+        if name in COMMANDS:
+            print(command_help(name))
+            return 0
+        print(overview(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    name = args[0]
+    if name in COMMANDS and any(a in HELP[:-1] for a in own[1:]):
+        print(command_help(name))
+        return 0
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Messages())
+    logger = logging.getLogger("keras_mixer")
+    tf_logger = logging.getLogger("tensorflow")
+    levels = logger.level, tf_logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    if not tf_logs.USER_SET:  # TensorFlow's INFO lines with its C++ ones
+        tf_logger.setLevel(logging.WARNING)
+    try:
+        if name.startswith("-"):
+            raise app.UsageError(
+                f"Give the command first: keras-mixer COMMAND --flags "
+                f"({', '.join(COMMANDS)}).")
+        parsed = parse(["keras-mixer"] + args)
+        _start_devices()
+        return main(parsed) or 0
+    except app.UsageError as error:
+        where = f" {name}" if name in COMMANDS else ""
+        more = (f"`keras-mixer {name} --help` lists its flags."
+                if name in COMMANDS else
+                "`keras-mixer --help` lists the commands.")
+        print(f"keras-mixer{where}: error: {error}\n{more}", file=sys.stderr)
+        return 2
+    finally:
+        FLAGS.unparse_flags()
+        logger.removeHandler(handler)
+        logger.setLevel(levels[0])
+        tf_logger.setLevel(levels[1])
 
 
 def run():
     """Entry point of the `keras-mixer` console script."""
-    app.run(main, argv=sys.argv)
+    sys.exit(execute(sys.argv))

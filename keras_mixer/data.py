@@ -9,7 +9,9 @@ Sources, by `name`:
     "digits"             the 1,797 8x8 handwritten digits that scikit-learn
                          ships (UCI, CC BY 4.0), bundled in the package and
                          upsampled to the model's size: offline.
-    a tfds name          `tensorflow_datasets.load(name)`, see `TFDS_DATASETS`.
+    a tfds name          a tensorflow-datasets dataset prepared in `data_dir`
+                         (`tfds build NAME --data_dir DIR`; nothing is
+                         downloaded here), see `TFDS_DATASETS`.
     "folder:PATH" or an  an image folder: one sub-folder per class, either
     existing directory   directly under PATH (a validation share is held out)
                          or under PATH/train and PATH/val|validation.
@@ -305,11 +307,10 @@ def _tfds_split(name, split):
     return split  # A tfds split expression, e.g. "train[:10%]".
 
 
-def _tfds_source(name, split, data_dir=None, download=True):
+def _tfds_builder(name, data_dir=None):
     tfds = _import_tfds()
-    spec = TFDS_DATASETS.get(name, {})
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        return tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # tfds raises its own DatasetNotFoundError.
         raise ValueError(
             f"Unknown dataset {name!r}: not 'digits', not an image folder "
@@ -317,6 +318,36 @@ def _tfds_source(name, split, data_dir=None, download=True):
             f"folder:PATH, {', '.join(TFDS_DATASETS)} (or any tfds image "
             "classification dataset)."
         ) from error
+
+
+def check_prepared(builder, name):
+    """Refuses a tfds dataset that is not prepared in its data_dir, from the
+    files there, before tfds would try to download it (offline that hangs
+    for minutes, then fails)."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # tfds warns while it looks
+    try:
+        prepared = builder.is_prepared()
+    finally:
+        absl_logger.setLevel(level)
+    if prepared:
+        return
+    root = builder.data_dir_root
+    raise ValueError(
+        f"tensorflow-datasets has no prepared copy of {name!r} in {root} "
+        f"(looked for {builder.data_dir}). Prepare it once, on a machine "
+        f"with network access: `tfds build {name} --data_dir {root}` "
+        "(datasets such as imagenet2012 also need --manual_dir with the "
+        "archives you downloaded); then pass that folder as --data_dir. Or "
+        "train on your own images: --dataset folder:PATH (one sub-folder per "
+        "class)."
+    )
+
+
+def _tfds_source(name, split, data_dir=None, download=False):
+    spec = TFDS_DATASETS.get(name, {})
+    builder = _tfds_builder(name, data_dir)
     features = builder.info.features
     label_key = spec.get("label_key", "label")
     if "image" not in features or label_key not in features:
@@ -327,6 +358,8 @@ def _tfds_source(name, split, data_dir=None, download=True):
     tfds_split = _tfds_split(name, split)
     if download:
         builder.download_and_prepare()
+    else:
+        check_prepared(builder, name)
     ds = builder.as_dataset(split=tfds_split, shuffle_files=split == "train")
     label_feature = features[label_key]
     num_classes = getattr(label_feature, "num_classes", None)
@@ -369,21 +402,22 @@ def source(name, split, data_dir=None):
     return _tfds_source(name, split, data_dir=data_dir)
 
 
-def check_dataset_name(name):
-    """Refuses an unknown dataset name, without loading anything."""
+def check_dataset_name(name, data_dir=None):
+    """Refuses an unknown dataset name, or a tfds dataset not prepared in
+    `data_dir`, without loading anything."""
     if name == "digits" or name.startswith("folder:") or os.path.isdir(name):
         return
     if os.sep in name:
         raise ValueError(f"Image folder {name} does not exist.")
-    if name in TFDS_DATASETS:
-        return
     tfds = _import_tfds()
-    if name.split(":")[0].split("/")[0] not in tfds.list_builders():
+    if (name not in TFDS_DATASETS and
+            name.split(":")[0].split("/")[0] not in tfds.list_builders()):
         raise ValueError(
             f"Unknown dataset {name!r}. Use 'digits' (bundled, offline), "
             "'folder:PATH' (one sub-folder per class), or a "
             f"tensorflow-datasets name such as {', '.join(TFDS_DATASETS)}."
         )
+    check_prepared(_tfds_builder(name, data_dir), name)
 
 
 # ----------------------------------------------------------------------------
@@ -542,6 +576,21 @@ def build_dataset(name, split, *, image_size, batch_size, training,
         tf.data.experimental.AutoShardPolicy.DATA
     )
     return ds.with_options(options).prefetch(AUTOTUNE), info
+
+
+def with_known_length(ds):
+    """A finite `ds` with its number of elements declared.
+
+    When tf.data cannot tell the length (a pipeline that may drop elements,
+    e.g. with `ignore_errors`), the elements are counted in one pass (a
+    cached pipeline fills its cache in it) and the count asserted, so Keras
+    knows where a validation epoch ends instead of warning "Your input ran
+    out of data".
+    """
+    if ds.cardinality() != tf.data.UNKNOWN_CARDINALITY:
+        return ds
+    count = ds.reduce(np.int64(0), lambda n, _: n + 1)
+    return ds.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def mixer_fn(mixup, cutmix, seed):

@@ -40,6 +40,7 @@ import keras
 
 from keras_mixer import data
 from keras_mixer import evaluation
+from keras_mixer import labels as labels_lib
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
 # Largest relative error accepted against the Keras model (max |diff| over
@@ -81,19 +82,18 @@ def _check_classifier(model):
 def default_labels(num_classes):
     """Class names of a head of `num_classes`, when shipped (ImageNet-1k,
     Google's ImageNet-21k, MIIL's), else None."""
-    from keras_mixer import labels as labels_lib
-
     if num_classes in labels_lib.LABEL_SETS:
         return [name for _, name in labels_lib.class_names(num_classes)]
     return None
 
 
-def _resolve_labels(labels, num_classes):
+def resolve_labels(labels, num_classes):
+    """Class names: `labels` (a list, or a file with one per line) checked
+    against `num_classes`, or `default_labels` when None."""
     if labels is None:
         return default_labels(num_classes)
     if isinstance(labels, (str, os.PathLike)):
-        with open(labels, encoding="utf-8") as f:
-            labels = [line.rstrip("\n") for line in f if line.strip()]
+        labels = labels_lib.read_labels(labels)
     labels = [str(label) for label in labels]
     if len(labels) != num_classes:
         raise ValueError(
@@ -163,7 +163,7 @@ def save_for_serving(model, directory, version=1, top_k=5, labels=None,
         raise ValueError(f"top_k must be in 1..{num_classes}, got {top_k}.")
     if eval_crop not in data.EVAL_CROPS:
         raise ValueError(f"eval_crop must be one of {data.EVAL_CROPS}.")
-    labels = _resolve_labels(labels, num_classes)
+    labels = resolve_labels(labels, num_classes)
     path = os.path.join(directory, str(version))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
@@ -408,12 +408,22 @@ def to_tflite(model, path, quantization="none", representative_data=None,
 # Predicting from exported files.
 
 
-def load_predictor(model_path, labels=None, eval_crop="resmall_crop"):
-    """A function `(list of image file paths) -> list of [(label, score)]*5`
-    for a SavedModel directory (its `image_bytes` signature), a `.tflite`
-    file or a `.keras` file."""
+def load_predictor(model_path, labels=None, eval_crop="resmall_crop",
+                   top_k=None):
+    """A function `(list of image file paths) -> list of [(label, score,
+    index)] * top_k` for a SavedModel directory (its `image_bytes`
+    signature), a `.tflite` file or a `.keras` file.
+
+    Class names: `labels` (a list or a file), else the SavedModel's own, else
+    the `labels.txt` beside the model file, else the ImageNet names for
+    1000/21843/11221 classes, else the class indices. `top_k` defaults to
+    min(5, classes); a SavedModel gives at most the top-k it was exported
+    with.
+    """
     import tensorflow as tf
 
+    if labels is None:
+        labels = labels_lib.labels_beside(model_path)
     if os.path.isdir(model_path):
         loaded = tf.saved_model.load(model_path)
         if "image_bytes" not in loaded.signatures:
@@ -422,6 +432,9 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop"):
                 "keras_mixer.export.save_for_serving."
             )
         serve = loaded.signatures["image_bytes"]
+        classes = serve.structured_outputs["probabilities"].shape[-1]
+        given = (resolve_labels(labels, classes) if labels is not None
+                 else None)
 
         def predict(paths):
             blobs = [tf.io.read_file(p) for p in paths]
@@ -429,10 +442,14 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop"):
             names = out.get("top_k_labels")
             results = []
             for i in range(len(paths)):
-                idx = out["top_k_indices"][i].numpy()
-                scores = out["top_k_scores"][i].numpy()
-                label = ([str(n) for n in names[i].numpy().astype(str)]
-                         if names is not None else [str(j) for j in idx])
+                idx = out["top_k_indices"][i].numpy()[:top_k]
+                scores = out["top_k_scores"][i].numpy()[:top_k]
+                if given is not None:
+                    label = [given[j] for j in idx]
+                elif names is not None:
+                    label = [n.decode() for n in names[i].numpy()[:top_k]]
+                else:
+                    label = [str(j) for j in idx]
                 results.append(list(zip(label, scores.tolist(), idx.tolist())))
             return results
 
@@ -441,12 +458,14 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop"):
         interpreter = _interpreter(model_path)
         shape = interpreter.get_input_details()[0]["shape"]
         height, width = int(shape[1]), int(shape[2])
+        classes = int(interpreter.get_output_details()[0]["shape"][-1])
 
         def run(images):
             return run_tflite(model_path, images)
     elif model_path.endswith(".keras"):
         model = keras.saving.load_model(model_path)
         height, width = model.input_shape[1:3]
+        classes = model.output_shape[-1]
 
         def run(images):
             return model.predict(images, verbose=0)
@@ -455,6 +474,8 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop"):
             f"--model_dir {model_path}: give a SavedModel directory, a "
             ".tflite file or a .keras file."
         )
+    names = resolve_labels(labels, classes)
+    k = min(top_k or 5, classes)
 
     def predict(paths):
         images = np.stack([
@@ -462,10 +483,9 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop"):
             for p in paths
         ])
         probs = np.asarray(run(images))
-        names = _resolve_labels(labels, probs.shape[-1])
         results = []
         for row in probs:
-            idx = np.argsort(-row, kind="stable")[:5]
+            idx = np.argsort(-row, kind="stable")[:k]
             results.append([(names[j] if names else str(j), float(row[j]), int(j))
                             for j in idx])
         return results

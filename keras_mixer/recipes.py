@@ -161,6 +161,11 @@ def get_config(name="default", **overrides):
     return config
 
 
+def default_batch_size(name):
+    """The batch size of the named config before any override."""
+    return CONFIGS[name].get("batch_size", DEFAULTS["batch_size"])
+
+
 def check_config(config):
     """Refuses values that would fail later, with what to use instead."""
     for key, allowed in (("optimizer", OPTIMIZERS), ("decay", DECAYS),
@@ -186,6 +191,30 @@ def scaled_learning_rate(config, global_batch):
     """`learning_rate * global_batch * grad_accum_steps / base_batch`."""
     effective = global_batch * config["grad_accum_steps"]
     return config["learning_rate"] * effective / config["base_batch"]
+
+
+def learning_rate_rule(config, global_batch):
+    """The learning-rate rule with this run's numbers, as train prints it.
+
+    >>> config = keras_mixer.recipes.get_config("default")
+    >>> print(keras_mixer.recipes.learning_rate_rule(config, 8))
+    peak lr = lr x batch / base_batch = 0.001 x 8 / 256 = 3.13e-05 (the
+    learning rate is 32x smaller than --learning_rate 0.001: give
+    --base_batch 8 to train at it)
+    """
+    accum = config["grad_accum_steps"]
+    names = "lr x batch" + (" x grad_accum_steps" if accum > 1 else "")
+    numbers = f"{config['learning_rate']:g} x {global_batch}" + (
+        f" x {accum}" if accum > 1 else "")
+    peak = scaled_learning_rate(config, global_batch)
+    rule = (f"peak lr = {names} / base_batch = {numbers} / "
+            f"{config['base_batch']} = {peak:.3g}")
+    factor = config["learning_rate"] / peak
+    if factor >= 4:  # a hint when the rule shrinks the rate a lot
+        rule += (f" (the learning rate is {factor:.3g}x smaller than "
+                 f"--learning_rate {config['learning_rate']:g}: give "
+                 f"--base_batch {global_batch * accum} to train at it)")
+    return rule
 
 
 @keras.saving.register_keras_serializable(package="keras_mixer")

@@ -14,6 +14,8 @@ trains, and leaves in `output_dir`:
     final.keras     the model at the end of training.
     metrics.json    val_accuracy, val_top5_accuracy, epochs_completed,
                     train_images_per_second, wall_seconds, ...
+    labels.txt      the class names, one per line in class order (export,
+                    predict and evaluate read it from beside the model).
     logs/           TensorBoard logs (TensorFlow backend).
 
 Models and records are written to a temporary name, then renamed, so a kill
@@ -37,6 +39,7 @@ import keras
 
 from keras_mixer import checks
 from keras_mixer import distribute
+from keras_mixer import labels as labels_lib
 from keras_mixer import models
 from keras_mixer import recipes
 
@@ -199,7 +202,7 @@ def check_inputs(config):
             f"Config {config['config']!r} needs --dataset: its data is not in "
             "tensorflow-datasets; give folder:PATH (one sub-folder per class)."
         )
-    data.check_dataset_name(config["dataset"])
+    data.check_dataset_name(config["dataset"], config["data_dir"])
     patch = patch_size_of(config["model"])
     if patch:
         checks.check_patch_multiple(
@@ -277,6 +280,35 @@ def build_model(config, classes):
     return model
 
 
+def fit_batch(config, info, global_batch, num_replicas=1):
+    """The global batch to train `info`'s examples with.
+
+    `global_batch` when the data holds it. Otherwise the largest power of two
+    (times the replicas) that fits: used in place of the config's own batch
+    size, with a log line; a batch size the user chose is refused with it.
+    """
+    examples = info.num_examples
+    if not examples or global_batch <= examples:
+        return global_batch
+    per_replica = examples // num_replicas
+    if per_replica < 1:
+        raise ValueError(
+            f"{info.name} has {examples} training examples, fewer than the "
+            f"{num_replicas} replicas: add images or use fewer devices."
+        )
+    fitted = 2 ** int(math.log2(per_replica)) * num_replicas
+    if global_batch != recipes.default_batch_size(config.get("config",
+                                                             "default")):
+        raise ValueError(
+            f"--batch_size {global_batch} exceeds the {examples} training "
+            f"examples of {info.name}; use --batch_size {fitted} (or less)."
+        )
+    logger.info("Batch %d (config %r) exceeds the %d training examples of %s:"
+                " training with batch %d (--batch_size sets another).",
+                global_batch, config["config"], examples, info.name, fitted)
+    return fitted
+
+
 def _steps(info, config, global_batch):
     if info.num_examples and global_batch > info.num_examples:
         raise ValueError(
@@ -291,6 +323,14 @@ def _steps(info, config, global_batch):
             "give --steps_per_epoch."
         )
     return info.num_examples // global_batch
+
+
+def _strategy_name(tf_strategy, distribution):
+    """How the start line names the strategy: MirroredStrategy, ..."""
+    if distribution is not None:
+        return type(distribution).__name__
+    name = type(tf_strategy).__name__ if tf_strategy is not None else ""
+    return "one device" if name in ("", "_DefaultDistributionStrategy") else name
 
 
 class InputError(ValueError):
@@ -343,20 +383,34 @@ def _prepare(config, output_dir, strategy, tpu, devices):
             return {"done": done}
 
     policy = set_precision(config["precision"])
-    train_ds, info = data.build_dataset(
-        config["dataset"], "train", image_size=config["image_size"],
-        batch_size=global_batch, training=True, data_dir=config["data_dir"],
-        randaugment=config["randaugment"], mixup=config["mixup"],
-        cutmix=config["cutmix"], crop_area=tuple(config["crop_area"]),
-        seed=config["seed"], repeat=True,
-    )
-    val_ds, val_info = data.build_dataset(
-        config["dataset"], config["eval_split"],
-        image_size=config["image_size"], batch_size=global_batch,
-        training=False, data_dir=config["data_dir"],
-        eval_crop=config["eval_crop"],
-    )
+
+    def datasets(batch):
+        """(train_ds, info, val_ds, val_info) at global batch `batch`."""
+        train_ds, info = data.build_dataset(
+            config["dataset"], "train", image_size=config["image_size"],
+            batch_size=batch, training=True, data_dir=config["data_dir"],
+            randaugment=config["randaugment"], mixup=config["mixup"],
+            cutmix=config["cutmix"], crop_area=tuple(config["crop_area"]),
+            seed=config["seed"], repeat=True,
+        )
+        val_ds, val_info = data.build_dataset(
+            config["dataset"], config["eval_split"],
+            image_size=config["image_size"], batch_size=batch,
+            training=False, data_dir=config["data_dir"],
+            eval_crop=config["eval_crop"],
+        )
+        return train_ds, info, val_ds, val_info
+
+    train_ds, info, val_ds, val_info = datasets(global_batch)
+    fitted = fit_batch(config, info, global_batch, num_replicas)
+    if fitted != global_batch:
+        global_batch = fitted
+        train_ds, info, val_ds, val_info = datasets(global_batch)
+    # Keras then knows where validation ends (no "ran out of data" warning).
+    val_ds = data.with_known_length(val_ds)
     steps_per_epoch = _steps(info, config, global_batch)
+    labels_text = (labels_lib.format_labels(info.class_names)
+                   if info.class_names else None)
     keras.utils.set_random_seed(config["seed"])
 
     scope = tf_strategy.scope() if tf_strategy is not None else _null()
@@ -397,6 +451,8 @@ def _prepare(config, output_dir, strategy, tpu, devices):
         global_batch=global_batch, policy=policy, train_ds=train_ds,
         val_ds=val_ds, info=info, val_info=val_info,
         steps_per_epoch=steps_per_epoch, model=model, trainee=trainee,
+        labels_text=labels_text, strategy_name=_strategy_name(
+            tf_strategy, distribution),
     )
 
 
@@ -421,6 +477,9 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
         return run["done"]
     output_dir, model, trainee = run["output_dir"], run["model"], run["trainee"]
     global_batch, info = run["global_batch"], run["info"]
+    if run["chief"] and run["labels_text"]:  # export, predict, evaluate read it
+        atomic_write_text(os.path.join(output_dir, labels_lib.LABELS_FILE),
+                          run["labels_text"])
 
     throughput = Throughput(global_batch)
     callbacks = [
@@ -442,11 +501,13 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
     callbacks += list(extra_callbacks)
 
     logger.info(
-        "Training %s on %s: %d replicas, global batch %d, %d steps/epoch, "
-        "peak lr %.3g, policy %s.", config["model"], config["dataset"],
-        run["num_replicas"], global_batch, run["steps_per_epoch"],
-        recipes.scaled_learning_rate(config, global_batch), run["policy"],
+        "Training %s on %s (%d classes, %d training examples) with %s: %d "
+        "replica(s), global batch %d, %d steps/epoch, policy %s.",
+        config["model"], config["dataset"], info.num_classes,
+        info.num_examples or 0, run["strategy_name"], run["num_replicas"],
+        global_batch, run["steps_per_epoch"], run["policy"],
     )
+    logger.info("%s.", recipes.learning_rate_rule(config, global_batch))
     history = trainee.fit(
         run["train_ds"], validation_data=run["val_ds"],
         epochs=config["epochs"], steps_per_epoch=run["steps_per_epoch"],

@@ -128,3 +128,142 @@ def test_readme_quickstart_is_exactly_the_two_commands():
         "pip install -e . && keras-mixer demo",
         'pip install -e ".[test]" && pytest',
     ]
+
+
+# ----------------------------------------------------------------------------
+# Help and names, in this process (`cli.execute` is the console script's
+# body; flags are reset after each call).
+
+
+def _execute(capsys, *args):
+    from keras_mixer import cli
+
+    code = cli.execute(["keras-mixer", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_each_command_on_one_line(capsys):
+    from keras_mixer import cli
+
+    for args in (["--help"], ["-h"], ["help"]):
+        code, out, _ = _execute(capsys, *args)
+        assert code == 0
+        lines = out.splitlines()
+        for name in cli.COMMANDS:
+            assert len([l for l in lines if l.startswith(f"  {name} ")]) == 1
+        assert max(len(l) for l in lines) <= 80
+    code, _, err = _execute(capsys)  # nothing: the same list, as an error
+    assert code == 2 and "commands:" in err
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_command_help_is_its_flags_with_defaults_and_an_example(capsys, flag):
+    from keras_mixer import cli
+
+    everything = set().union(*(c.flags for c in cli.COMMANDS.values()))
+    for name, command in cli.COMMANDS.items():
+        code, out, _ = _execute(capsys, name, flag)
+        assert code == 0, name
+        shown = set(re.findall(r"^  --(\w+)$", out, re.MULTILINE))
+        assert shown == set(command.flags), name
+        assert not (everything - set(command.flags)) & shown
+        assert f"example:\n  keras-mixer {name} " in out
+    _, out, _ = _execute(capsys, "summary", flag)
+    assert re.search(r"--channels\n\s+Input channels\. \(default: 3\)", out)
+    _, out, _ = _execute(capsys, "train", flag, "--modle=typo")
+    assert re.search(r"--base_batch\n.*\(default config: 256\)", out, re.DOTALL)
+
+
+def test_each_example_and_each_flag_a_command_reads_is_in_its_table():
+    """The tables behind the help and the flag checks agree with the code:
+    every FLAGS.x a command (or a helper of cli it calls) reads is one of its
+    flags, and its example parses with its flags only."""
+    import inspect
+    import shlex
+
+    from absl import flags
+
+    from keras_mixer import cli
+
+    functions = {n: f for n, f in vars(cli).items() if inspect.isfunction(f)
+                 and f.__module__ == cli.__name__}
+
+    def flags_read(function, seen):
+        source = inspect.getsource(function)
+        found = set(re.findall(r"FLAGS\.(\w+)", source))
+        if "config_from_flags" in source:
+            found |= set(cli.CONFIG_FLAGS)
+        calls = set(re.findall(r"(?<![\w.])(\w+)\(", source))
+        for callee in calls & set(functions):
+            if callee not in seen:
+                seen.add(callee)
+                found |= flags_read(functions[callee], seen)
+        return found
+
+    for name, command in cli.COMMANDS.items():
+        read = flags_read(command.function, {command.function.__name__})
+        assert read <= set(command.flags), (name, read - set(command.flags))
+        try:
+            argv = cli.parse(shlex.split(command.example))
+            assert argv[1] == name
+            cli._check_flags(name)
+        finally:
+            flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trian"], "got 'trian'. Did you mean 'train'?"),
+    (["summary", "--modle=MixerS32"], "Unknown flag --modle; did you mean --model?"),
+    (["summary", "--epochs=3"], "--epochs is not a flag of summary (it is one of train, evaluate, demo)"),
+    (["export", "--lables=l.txt"], "did you mean --labels?"),
+    (["--model=MixerS32", "summary"], "Give the command first"),
+])
+def test_unknown_names_get_the_nearest_valid_one(capsys, args, message):
+    code, out, err = _execute(capsys, *args)
+    assert code == 2 and out == ""
+    assert message in err
+    assert "--help` lists" in err
+
+
+def test_console_script_help_is_quiet_and_exits_zero():
+    """As installed: no TensorFlow start-up lines (log level left unset)."""
+    script = shutil.which("keras-mixer")
+    command = [script] if script else [sys.executable, "-m", "keras_mixer"]
+    env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(command + ["train", "-h"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("keras-mixer train: ")
+    assert "--base_batch" in result.stdout and "--fewshot" not in result.stdout
+
+
+def test_tensorflow_start_up_lines_are_dropped_and_the_rest_kept(
+        monkeypatch, capfd):
+    from keras_mixer import tf_logs
+
+    monkeypatch.setattr(tf_logs, "USER_SET", False)
+    noise = (
+        "WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR\n"
+        "I0000 00:00:1795966434.904185    7788 port.cc:153] oneDNN custom "
+        "operations are on.\n"
+        "I0000 00:00:1795966434.967848    7788 cpu_feature_guard.cc:227] This "
+        "TensorFlow binary is optimized\n"
+        "To enable the following instructions: AVX2 FMA, in other operations, "
+        "rebuild TensorFlow with the appropriate compiler flags.\n"
+        "E0000 00:00:1795966437.348085    7788 cuda_platform.cc:52] failed call "
+        "to cuInit: INTERNAL: CUDA error\n")
+    kept = "E0000 00:00:1795966437.348085    7788 io.cc:1] disk full\nother\n"
+    with tf_logs.quiet_startup():
+        os.write(2, (noise + kept).encode())
+    assert capfd.readouterr().err == kept
+    with pytest.raises(ImportError):  # a failure shows every line
+        with tf_logs.quiet_startup():
+            os.write(2, noise.encode())
+            raise ImportError("no tensorflow")
+    assert capfd.readouterr().err == noise
+    monkeypatch.setattr(tf_logs, "USER_SET", True)  # the user's level: all
+    with tf_logs.quiet_startup():
+        os.write(2, noise.encode())
+    assert capfd.readouterr().err == noise

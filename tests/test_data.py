@@ -267,14 +267,18 @@ def test_unknown_dataset_is_refused_with_the_known_names():
         data.check_dataset_name("imagenet_9k")
     with pytest.raises(ValueError, match="does not exist"):
         data.check_dataset_name("/no/such/folder")
-    data.check_dataset_name("cifar10")
     data.check_dataset_name("digits")
 
 
 def test_tfds_dataset_by_name_offline_with_mock_data():
+    from unittest import mock
+
     tfds = pytest.importorskip("tensorflow_datasets")
+    # mock_data stands in for prepared files; tell the check they are there.
     with tfds.testing.mock_data(num_examples=12,
-                                policy=tfds.testing.MockPolicy.USE_CODE):
+                                policy=tfds.testing.MockPolicy.USE_CODE), \
+            mock.patch.object(tfds.core.DatasetBuilder, "is_prepared",
+                              return_value=True):
         ds, info = data.build_dataset("cifar10", "validation", image_size=16,
                                       batch_size=4, training=False)
         images, labels = next(iter(ds))
@@ -289,3 +293,68 @@ def test_tfds_dataset_by_name_offline_with_mock_data():
         assert data._tfds_split("cifar10", "train") == "train[:98%]"
         assert data._tfds_split("cifar10", "minival") == "train[98%:]"
         assert data._tfds_split("cifar10", "validation") == "test"
+
+
+def test_an_unprepared_tfds_dataset_fails_fast_with_the_ways_forward(
+        tmp_path, cli_usage_error):
+    """Offline and not prepared in --data_dir: refused in seconds, from the
+    files there, before tfds would try to download (no network here)."""
+    import time
+
+    pytest.importorskip("tensorflow_datasets")
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    start = time.perf_counter()
+    message = cli_usage_error("train", "--dataset=cifar10",
+                              f"--data_dir={empty}",
+                              f"--output_dir={tmp_path / 'run'}")
+    assert time.perf_counter() - start < 10
+    assert f"no prepared copy of 'cifar10' in {empty}" in message
+    assert f"`tfds build cifar10 --data_dir {empty}`" in message
+    assert "--data_dir" in message and "--dataset folder:PATH" in message
+    with pytest.raises(ValueError, match="no prepared copy of 'cifar10'"):
+        data.build_dataset("cifar10", "validation", image_size=8,
+                           batch_size=2, training=False, data_dir=str(empty))
+    assert not list(empty.rglob("*.tfrecord*"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_prepared_tfds_dataset_loads_offline(tmp_path):
+    """A dataset prepared in a data_dir (here a small one written by a
+    builder of this test) passes the check and loads; and the download path
+    tfds takes for real datasets imports (importlib_resources: setup.py
+    declares it, tensorflow-datasets does not)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class KerasMixerTinyImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(10, 12, 3)),
+                    "label": tfds.features.ClassLabel(names=["a", "b"]),
+                }))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(8),
+                    "test": self._generate_examples(4)}
+
+        def _generate_examples(self, count):
+            rng = np.random.default_rng(count)
+            for i in range(count):
+                yield i, {"image": rng.integers(0, 255, (10, 12, 3), np.uint8),
+                          "label": i % 2}
+
+    name = KerasMixerTinyImages.name
+    builder = KerasMixerTinyImages(data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    data.check_dataset_name(name, str(tmp_path))
+    ds, info = data.build_dataset(name, "validation", image_size=8,
+                                  batch_size=4, training=False,
+                                  data_dir=str(tmp_path))
+    images, labels = next(iter(ds))
+    assert info.class_names == ["a", "b"] and info.num_examples == 4
+    assert images.shape == (4, 8, 8, 3) and labels.shape == (4, 2)
+    cifar = tfds.builder("cifar10", data_dir=str(tmp_path))
+    assert cifar.code_path.name == "cifar.py"

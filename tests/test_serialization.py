@@ -138,3 +138,114 @@ def test_weights_file_layout_is_unchanged(tmp_path):
         f.visit(lambda n: paths.append(n) if isinstance(f[n], h5py.Dataset)
                 else None)
     assert sorted(paths) == sorted(MIXER_WEIGHTS_H5_PATHS)
+
+
+# ----------------------------------------------------------------------------
+# What the package writes loads in a new process after `import keras_mixer`
+# alone, and that import stays free of TensorFlow, under JAX and PyTorch
+# (under TensorFlow, tests/test_journey.py loads a trained run's models in a
+# new process).
+
+FRESH_PROCESS = r"""
+import json, sys
+import keras, keras_mixer
+import numpy as np
+
+out = {"tensorflow_at_import": "tensorflow" in sys.modules,
+       "registered": sorted(k for k in keras.saving.get_custom_objects()
+                            if k.startswith("keras_mixer>"))}
+for name in ("recipes", "evaluation", "visualize"):  # backend-agnostic
+    getattr(keras_mixer, name)
+out["tensorflow_after_agnostic"] = "tensorflow" in sys.modules
+# (Keras's own file reading may import TensorFlow when it is installed.)
+model = keras.saving.load_model(sys.argv[1])  # safe_mode on
+got = keras.ops.convert_to_numpy(model(np.load(sys.argv[2])))
+out["max_abs_diff"] = float(np.max(np.abs(got - np.load(sys.argv[3]))))
+out["schedule"] = model.optimizer.get_config()["learning_rate"]
+out["lazy"] = {n: getattr(keras_mixer, n).__name__
+               for n in keras_mixer.LAZY_SUBMODULES}
+if sys.argv[4] == "classes":  # every serializable class of every module
+    import importlib, inspect, pkgutil
+    for info in pkgutil.walk_packages(keras_mixer.__path__, "keras_mixer."):
+        importlib.import_module(info.name)
+    kinds = (keras.layers.Layer, keras.optimizers.schedules.LearningRateSchedule,
+             keras.losses.Loss, keras.metrics.Metric, keras.optimizers.Optimizer,
+             keras.initializers.Initializer, keras.regularizers.Regularizer,
+             keras.constraints.Constraint)
+    out["classes"] = {
+        f"{cls.__module__}.{cls.__qualname__}": keras.saving.get_registered_name(cls)
+        for module in list(sys.modules.values())
+        if getattr(module, "__name__", "").startswith("keras_mixer.")
+        for cls in vars(module).values()
+        if inspect.isclass(cls) and issubclass(cls, kinds)
+        and cls.__module__ == module.__name__}
+print(json.dumps(out))
+"""
+# Never written to a file: train saves the distiller's student, not it.
+NEVER_SAVED = {"keras_mixer.recipes.HardDistillation"}
+
+
+@pytest.fixture(scope="module")
+def trained_file(tmp_path_factory):
+    """A small Mixer trained one step with a recipe's optimizer and
+    learning-rate schedule, saved as .keras (TensorFlow), with an input and
+    its expected output."""
+    from keras_mixer import recipes
+
+    folder = tmp_path_factory.mktemp("trained")
+    config = recipes.get_config("demo", weight_decay=0.05)
+    model = keras_mixer.MLPMixer(4, 16, 1, 8, 32, input_shape=(8, 8, 3),
+                                 classes=3)
+    _randomise(model, seed=5)
+    model.compile(optimizer=recipes.make_optimizer(
+        config, recipes.make_schedule(config, 4, 10)),
+        loss=recipes.make_loss(config), metrics=recipes.make_metrics())
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+    model.fit(x, np.eye(3)[[0, 1, 2, 0]], epochs=1, verbose=0)
+    model.save(folder / "m.keras")
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", np.asarray(model(x)))
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_saved_files_load_after_import_keras_mixer_alone(backend, trained_file):
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(trained_file / "m.keras"),
+         str(trained_file / "x.npy"), str(trained_file / "y.npy"),
+         "classes" if backend == "jax" else "-"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["max_abs_diff"] < 1e-5
+    assert out["schedule"]["registered_name"] == "keras_mixer>WarmupDecay"
+    assert out["schedule"]["config"]["decay"] == "cosine"
+    assert set(out["lazy"]) >= {"export", "train", "data", "evaluation",
+                                "visualize", "benchmark"}
+    assert all(out["lazy"][n] == f"keras_mixer.{n}" for n in out["lazy"])
+    assert not out["tensorflow_at_import"]
+    assert not out["tensorflow_after_agnostic"]
+    if "classes" in out:
+        unregistered = {name for name, registered in out["classes"].items()
+                        if registered not in out["registered"]}
+        assert unregistered == NEVER_SAVED
+        assert "keras_mixer.recipes.WarmupDecay" in out["classes"]
+
+
+def test_public_submodules_are_attributes():
+    assert {"export", "train", "data", "evaluation", "visualize",
+            "benchmark", "recipes"} <= set(dir(keras_mixer))
+    assert keras_mixer.recipes.get_config("demo")["model"] == "demo"
+    assert callable(keras_mixer.train.train)
+    with pytest.raises(AttributeError, match="has no attribute 'trian'"):
+        keras_mixer.trian

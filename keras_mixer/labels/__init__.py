@@ -6,6 +6,11 @@ The lists are WordNet synsets with their lemmas, in each head's class order:
 `imagenet21k_miil.txt` (11,221 classes, ImageNet-21K-P of Alibaba-MIIL). They
 were taken from timm's `timm/data/_info` (Apache-2.0), which ships the synset
 orders and the WordNet lemmas.
+
+A trained model's own class names travel in a `labels.txt` beside it (one
+name per line, in class order): `keras-mixer train` writes one into its run
+folder, `keras-mixer export` one beside the TFLite files, and export, predict
+and evaluate read it (`labels_beside`, `read_labels`).
 """
 
 import functools
@@ -18,6 +23,45 @@ LABEL_SETS = {
     21843: "imagenet21k_goog.txt",
     11221: "imagenet21k_miil.txt",
 }
+# The class names of a trained model, beside its file.
+LABELS_FILE = "labels.txt"
+
+
+def format_labels(names):
+    """The text of a labels file: one name per line, in class order.
+
+    >>> keras_mixer.labels.format_labels(["cat", "dog"])
+    'cat\\ndog\\n'
+    """
+    names = [str(name) for name in names]
+    bad = [name for name in names if not name.strip() or "\n" in name
+           or "\r" in name]
+    if bad:
+        raise ValueError(
+            f"Class names {bad[:3]} cannot go one per line into a labels "
+            "file: rename those classes (e.g. their folders)."
+        )
+    return "".join(f"{name}\n" for name in names)
+
+
+def read_labels(path):
+    """The class names of a labels file (one per line, blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f if line.strip()]
+
+
+def labels_beside(model_path):
+    """The `labels.txt` in the folder of a model file (or of a SavedModel
+    version folder's parent), or None."""
+    path = os.path.abspath(model_path)
+    folders = [os.path.dirname(path)]
+    if os.path.isdir(path):
+        folders.insert(0, path)
+    for folder in folders:
+        candidate = os.path.join(folder, LABELS_FILE)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 @functools.lru_cache(maxsize=None)
