@@ -10,6 +10,7 @@ the block-diagonal token-mixing weights of the MLP-Mixer paper, Appendix C
 """
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import numpy as np
 
 import keras
 
+from keras_mixer import atomic
 from keras_mixer import resize as resize_lib
 
 logger = logging.getLogger("keras_mixer")
@@ -205,19 +207,58 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def verify_file(path, entry):
-    """Checks the file against the entry's sha256 or hash prefix; a mismatch
-    removes the file and raises ValueError."""
+# Beside each file keras_mixer downloaded itself: `<file>.download.json`, its
+# URL, sha256 and identity (device, inode, mtime) when it was written.
+DOWNLOAD_RECORD = ".download.json"
+
+
+def _identity(path):
+    stat = os.stat(path)
+    return [stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size]
+
+
+def download_record(path):
+    """The record of a file keras_mixer downloaded itself and nothing has
+    replaced since, or None: a file placed by the user, a symlink, a file
+    copied over the download."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path + DOWNLOAD_RECORD) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if record.get("identity") != _identity(path):
+        return None
+    return record
+
+
+def checksum_problem(path, entry, record=None):
+    """None when `path` matches the entry's sha256 or hash prefix (and, for a
+    download, the sha256 recorded when it was fetched), else what is wrong."""
     full, prefix = expected_hash(entry)
-    if not full and not prefix:
-        return
+    recorded = record.get("sha256") if record else None
+    if not (full or prefix or recorded):
+        return None
     actual = _sha256(path)
-    if (full and actual != full) or (prefix and not actual.startswith(prefix)):
-        os.remove(path)
+    for expected in (full, recorded):
+        if expected and actual != expected:
+            return f"expected sha256 {expected}, got {actual}"
+    if prefix and not actual.startswith(prefix):
+        return f"expected sha256 {prefix}..., got {actual}"
+    return None
+
+
+def verify_file(path, entry):
+    """Checks a file the user placed against the entry's sha256 or hash
+    prefix; a mismatch raises ValueError and leaves the file alone."""
+    problem = checksum_problem(path, entry)
+    if problem:
         raise ValueError(
-            f"Checksum mismatch for {path} (from {entry['url']}): expected "
-            f"sha256 {full or prefix + '...'}, got {actual}. The file was "
-            "removed; download it again (a partial or altered download)."
+            f"Checksum mismatch for {path} ({problem}); it should be "
+            f"{entry['url']}. keras_mixer did not download this file, so it "
+            "was left in place: replace it with a good copy, or remove it "
+            "to download the file."
         )
 
 
@@ -227,26 +268,17 @@ def cache_dir():
     return os.path.join(home, "models", "keras_mixer")
 
 
-def fetch(model_name, weights_name):
-    """Returns the local path of a table entry's file, downloading it if
-    needed. `KERAS_MIXER_WEIGHTS_DIR` is looked at first, then the Keras
-    cache; a download goes through `keras.utils.get_file`."""
-    entry = WEIGHTS[model_name][weights_name]
-    local_dir = os.environ.get("KERAS_MIXER_WEIGHTS_DIR")
-    if local_dir:
-        path = os.path.join(local_dir, entry["filename"])
-        if os.path.exists(path):
-            verify_file(path, entry)
-            return path
+def _download(model_name, weights_name, entry):
+    """Downloads to a temporary name, verifies, records, renames; a
+    mismatching download is removed (it is ours) and nothing is kept."""
     cached = os.path.join(cache_dir(), entry["filename"])
-    if os.path.exists(cached):
-        verify_file(cached, entry)
-        return cached
     # get_file falls back to /tmp/.keras when the folder does not exist yet.
     os.makedirs(cache_dir(), exist_ok=True)
+    atomic.remove_temporaries(cache_dir(), stale_only=True)
+    name = os.path.basename(atomic.temporary_name(cached))
     try:
-        path = keras.utils.get_file(
-            fname=entry["filename"],
+        tmp = keras.utils.get_file(
+            fname=name,
             origin=entry["url"],
             cache_dir=os.path.dirname(os.path.dirname(cache_dir())),
             cache_subdir=os.path.join("models", "keras_mixer"),
@@ -259,8 +291,56 @@ def fetch(model_name, weights_name):
             f"named by KERAS_MIXER_WEIGHTS_DIR, as {entry['filename']}), or "
             "pass its path as weights=..."
         ) from None
-    verify_file(path, entry)
+    path = os.path.join(os.path.dirname(tmp), entry["filename"])
+    try:
+        problem = checksum_problem(tmp, entry)
+        if problem:
+            raise ValueError(
+                f"Checksum mismatch for the download of {entry['url']} "
+                f"({problem}): a partial or altered download. It was "
+                "discarded; nothing was kept. Try again, or download the file "
+                f"elsewhere and put it at {path}."
+            )
+        record = {"url": entry["url"], "sha256": _sha256(tmp),
+                  "identity": _identity(tmp)}  # a rename keeps the identity
+        atomic.write_text(path + DOWNLOAD_RECORD, json.dumps(record))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def fetch(model_name, weights_name):
+    """Returns the local path of a table entry's file, downloading it if
+    needed. `KERAS_MIXER_WEIGHTS_DIR` is looked at first, then the Keras
+    cache; a download goes through `keras.utils.get_file`.
+
+    Checksums: the entry's sha256 or hash prefix, and for a file keras_mixer
+    downloaded itself also the sha256 recorded then. A mismatching download
+    of keras_mixer's own is removed and fetched again; a mismatching file the
+    user placed (or a symlink) is reported and never removed."""
+    entry = WEIGHTS[model_name][weights_name]
+    local_dir = os.environ.get("KERAS_MIXER_WEIGHTS_DIR")
+    if local_dir:
+        path = os.path.join(local_dir, entry["filename"])
+        if os.path.exists(path):
+            verify_file(path, entry)
+            return path
+    cached = os.path.join(cache_dir(), entry["filename"])
+    if os.path.exists(cached):
+        record = download_record(cached)
+        if record is None:
+            verify_file(cached, entry)
+            return cached
+        problem = checksum_problem(cached, entry, record)
+        if not problem:
+            return cached
+        logger.warning("%s, downloaded by keras_mixer, is damaged (%s); "
+                       "downloading it again.", cached, problem)
+        os.remove(cached)
+        os.remove(cached + DOWNLOAD_RECORD)
+    return _download(model_name, weights_name, entry)
 
 
 def resolve(model_name, weights):
@@ -298,6 +378,27 @@ def model_family(model):
         if isinstance(layer, mixer_layers.ResMLPBlock):
             return "resmlp"
     raise ValueError(f"{model.name!r} is not a keras_mixer MLP-Mixer or ResMLP model.")
+
+
+def check_finite(tensors, origin):
+    """Refuses NaN or Inf values: `tensors` is a model (its weights) or a
+    {name: array} dict. The ValueError names the first such tensor."""
+    if hasattr(tensors, "weights"):
+        items = ((v.path, v) for v in tensors.weights)
+    else:
+        items = tensors.items()
+    for name, value in items:
+        array = np.asarray(keras.ops.convert_to_numpy(value))
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(
+                f"{origin}: tensor {name!r} holds {array.size - finite.sum()} "
+                f"NaN/Inf value(s) of {array.size}; refused. The file is "
+                "damaged or comes from a run that diverged: use another "
+                "checkpoint (e.g. best.keras, or an earlier one)."
+            )
 
 
 def assign_checkpoint(model, checkpoint, origin="checkpoint"):
@@ -346,6 +447,7 @@ def assign_checkpoint(model, checkpoint, origin="checkpoint"):
     if skip_head:
         for path in head_paths:
             tensors.pop(path, None)
+    check_finite(tensors, origin)
     old_grid = checkpoint.grid or resize_lib.checkpoint_grid(
         checkpoint.num_tokens, origin
     )
@@ -384,5 +486,6 @@ def assign_or_load(model, weights):
     """`weights`: the path of a `.weights.h5` file, or a Checkpoint."""
     if isinstance(weights, str):
         model.load_weights(weights)
+        check_finite(model, weights)
     else:
         assign_checkpoint(model, weights, origin=weights.origin)

@@ -169,44 +169,95 @@ def test_jax_backend_trains_with_data_parallel(tmp_path):
     assert model.output_shape == (None, 10)
 
 
-def test_resume_after_sigkill_records_each_epoch_once(tmp_path):
-    args = [sys.executable, "-m", "keras_mixer", "train", "--config=demo",
-            "--epochs=5", "--steps_per_epoch=8", "--verbose=2",
-            f"--output_dir={tmp_path}"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
-    history = tmp_path / "history.csv"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            if history.exists() and len(_history(tmp_path)) >= 2:
-                break
-            if proc.poll() is not None:
-                pytest.fail("training ended before it could be killed")
-            time.sleep(0.05)
-        else:
-            pytest.fail("no epoch completed in time")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_at = len(_history(tmp_path))
-    assert 2 <= killed_at < 5
-    assert not (tmp_path / "metrics.json").exists()
-    result = subprocess.run(args, capture_output=True, text=True, env=ENV,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    epochs = [int(r["epoch"]) for r in _history(tmp_path)]
-    assert epochs == [0, 1, 2, 3, 4]
-    # It resumed (did not start over): fewer epochs ran the second time.
-    assert result.stdout.count("Epoch ") + result.stderr.count("Epoch ") < 5 * 2
-    assert "Epoch 1/5" not in result.stdout + result.stderr
-    assert _metrics(tmp_path)["epochs_completed"] == 5
-    # Temporary files of a write the kill interrupted are cleared; the
-    # models under their final names load.
-    assert not list(tmp_path.glob(".tmp-*"))
+def _epochs(output_dir):
+    return [int(r["epoch"]) for r in _history(output_dir)]
+
+
+def _progress(output_dir):
+    with open(os.path.join(output_dir, "progress.json")) as f:
+        return json.load(f)
+
+
+def test_sigkill_at_each_record_step_loses_nothing(tmp_path):
+    """The trainer kills itself (its test hook) at each step of an epoch's
+    record and after fit; each rerun of the same command resumes after the
+    last committed epoch, and the last one only saves: every epoch trained
+    and recorded exactly once."""
+    out = tmp_path / "run"
+    args = ["train", "--config=demo", "--epochs=4", "--steps_per_epoch=2",
+            "--verbose=2", f"--output_dir={out}"]
+
+    def run(kill=None):
+        env = {**ENV, train.KILL_ENV: kill} if kill else ENV
+        result = _cli(*args, env=env)
+        return result, result.stdout + result.stderr
+
+    # 1. Killed while writing epoch 1's backup: the temporary never becomes
+    # a backup; epoch 0 stays the last one committed.
+    result, text = run("backup_write:1")
+    assert result.returncode == -signal.SIGKILL, text[-2000:]
+    assert "Epoch 2/4" in text and _epochs(out) == [0]
+    assert _progress(out)["epochs_completed"] == 1
+    assert any(n.startswith(".tmp-") for n in os.listdir(out / "backup"))
+    # 2. Resumes at epoch 1; killed between epoch 2's backup and its commit.
+    result, text = run("before_commit:2")
+    assert result.returncode == -signal.SIGKILL, text[-2000:]
+    assert "Epoch 1/4" not in text and "Epoch 2/4" in text
+    assert _epochs(out) == [0, 1] and _progress(out)["epochs_completed"] == 2
+    assert not any(n.startswith(".tmp-") for n in os.listdir(out / "backup"))
+    # 3. Epoch 2 again; killed after its commit, before history.csv.
+    result, text = run("after_commit:2")
+    assert result.returncode == -signal.SIGKILL, text[-2000:]
+    assert "Epoch 2/4" not in text and "Epoch 3/4" in text
+    assert _progress(out)["epochs_completed"] == 3 and _epochs(out) == [0, 1]
+    # 4. Epoch 3 only (history.csv completed from the record first); killed
+    # after fit, before the final save.
+    result, text = run("after_fit")
+    assert result.returncode == -signal.SIGKILL, text[-2000:]
+    assert "Epoch 3/4" not in text and "Epoch 4/4" in text
+    assert _epochs(out) == [0, 1, 2, 3]
+    assert not (out / "final.keras").exists() and not (out / "metrics.json").exists()
+    # 5. No training: evaluate, save, finish.
+    result, text = run()
+    assert result.returncode == 0, text[-3000:]
+    assert "Epoch " not in text
+    assert _epochs(out) == [0, 1, 2, 3]
+    assert _metrics(out)["epochs_completed"] == 4
+    assert _progress(out)["finished"] is True
+    assert sorted(os.listdir(out / "backup")) == [
+        "epoch-000003.weights.h5", "epoch-000004.weights.h5"]
+    assert not list(out.glob(".tmp-*"))
     for name in ("best.keras", "final.keras"):
-        assert keras.saving.load_model(tmp_path / name).output_shape == (None, 10)
+        assert keras.saving.load_model(out / name).output_shape == (None, 10)
+    best = json.loads((out / "best.keras.json").read_text())
+    accuracies = [float(r["val_accuracy"]) for r in _history(out)]
+    assert best["value"] == pytest.approx(max(accuracies))
+
+
+def test_more_epochs_continue_a_finished_run_and_a_bad_backup_falls_back(
+        tmp_path, caplog):
+    """--epochs grows: the finished run continues from its last epoch. The
+    newest backup truncated: a warning, the previous generation, its later
+    epochs trained again and recorded once. Fewer epochs than done: refused."""
+    out = str(tmp_path / "run")
+    config = recipes.get_config("demo", epochs=2, steps_per_epoch=2)
+    train.train(config, out, verbose=0)
+    first = _history(out)
+    assert train.train(config, out, verbose=0)["epochs_completed"] == 2
+    metrics = train.train(dict(config, epochs=3), out, verbose=0)
+    assert metrics["epochs_completed"] == 3 and _epochs(out) == [0, 1, 2]
+    assert _history(out)[:2] == first  # the finished epochs are kept
+    newest = os.path.join(out, "backup", "epoch-000003.weights.h5")
+    with open(newest, "r+b") as f:
+        f.truncate(96)
+    with caplog.at_level("WARNING", logger="keras_mixer"):
+        metrics = train.train(dict(config, epochs=4), out, verbose=0)
+    assert f"Backup {newest} cannot be read" in caplog.text
+    assert "Resuming from the backup after epoch 2" in caplog.text
+    assert metrics["epochs_completed"] == 4 and _epochs(out) == [0, 1, 2, 3]
+    with pytest.raises(train.InputError, match="holds 4 completed epochs; "
+                       "--epochs 3 is fewer"):
+        train.train(dict(config, epochs=3), out)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -235,10 +286,10 @@ def test_empty_image_folder_and_changed_config_are_refused(tmp_path):
     assert result.returncode != 0 and "no readable image" in result.stderr
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(
-        recipes.get_config("demo", epochs=1)))
+        recipes.get_config("demo", steps_per_epoch=3, seed=1)))
     result = _cli("train", *QUICK, "--epochs=2", f"--output_dir={tmp_path / 'run'}")
     assert result.returncode != 0
-    assert "holds a run with another config (differs in epochs" in result.stderr
+    assert "holds a run with another config (differs in seed)" in result.stderr
 
 
 def test_image_folder_training_counts_skipped_files(tmp_path):

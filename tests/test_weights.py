@@ -157,12 +157,60 @@ def test_download_then_cache_hit(served):
     assert server.requests == ["/file.npz"]  # no second download
 
 
-def test_checksum_mismatch_removes_the_file(served, monkeypatch):
+def test_checksum_mismatch_of_a_download_keeps_nothing(served, monkeypatch):
     server, entry, payload = served
     monkeypatch.setitem(entry, "sha256", "0" * 64)
-    with pytest.raises(ValueError, match="Checksum mismatch .* was removed"):
+    with pytest.raises(ValueError, match="Checksum mismatch for the download "
+                       ".* discarded; nothing was kept"):
         W.fetch("MixerS32", "test")
-    assert not os.path.exists(os.path.join(W.cache_dir(), "test_file.npz"))
+    assert os.listdir(W.cache_dir()) == []  # no file, no temporary
+
+
+def test_damaged_download_is_fetched_again(served, monkeypatch):
+    """A file keras_mixer downloaded carries a record (its sha256): damaged
+    in place later, it is removed and fetched again, even where the table
+    has no hash (Google's .npz files)."""
+    server, entry, payload = served
+    monkeypatch.setitem(entry, "sha256", None)
+    path = W.fetch("MixerS32", "test")
+    stat = os.stat(path)
+    with open(path, "r+b") as f:  # bit rot: same inode, same mtime
+        f.write(b"X")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert W.fetch("MixerS32", "test") == path
+    assert open(path, "rb").read() == payload
+    assert server.requests == ["/file.npz", "/file.npz"]
+
+
+def test_users_file_with_a_bad_checksum_is_reported_never_removed(
+        served, tmp_path, monkeypatch):
+    server, entry, payload = served
+    local = tmp_path / "local"
+    local.mkdir()
+    own = tmp_path / "elsewhere.npz"
+    own.write_bytes(b"the user's own bytes")
+    monkeypatch.setenv("KERAS_MIXER_WEIGHTS_DIR", str(local))
+    for kind in ("file", "symlink"):
+        target = local / "test_file.npz"
+        if kind == "file":
+            target.write_bytes(b"the user's own bytes")
+        else:
+            target.unlink()
+            target.symlink_to(own)
+        with pytest.raises(ValueError, match="Checksum mismatch .* left in "
+                           "place"):
+            W.fetch("MixerS32", "test")
+        assert target.read_bytes() == b"the user's own bytes"
+        assert target.is_symlink() == (kind == "symlink")
+    # In the cache too: a file copied over a download is the user's.
+    monkeypatch.delenv("KERAS_MIXER_WEIGHTS_DIR")
+    path = W.fetch("MixerS32", "test")
+    with open(path, "wb") as f:
+        f.write(b"copied over it")
+    with pytest.raises(ValueError, match="left in place"):
+        W.fetch("MixerS32", "test")
+    assert open(path, "rb").read() == b"copied over it"
+    assert server.requests == ["/file.npz"]
 
 
 def test_hash_prefix_in_file_name_is_verified(served, monkeypatch):

@@ -100,19 +100,10 @@ def as_float32(array):
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
-    """Converts `arrays` ({source key: array}) with `plan`.
-
-    Args:
-        arrays: the source dict.
-        plan: {source key: (keras path, transform)} for every key expected.
-        what: e.g. "timm MLP-Mixer", for messages.
-        optional: Keras paths that may be absent, all together (the head).
-
-    Returns:
-        ({keras path: float32 array}, {keras path: source key}).
-    """
-    present = set(arrays)
+def check_keys(present, plan, what, optional=HEAD_KEYS):
+    """Refuses source keys `present` that do not match `plan` (unknown keys,
+    missing keys, a half-present head); see `apply_plan`."""
+    present = set(present)
     unknown = present - set(plan)
     optional_sources = {s for s, (k, _) in plan.items() if k in optional}
     missing = [s for s in plan if s not in present and s not in optional_sources]
@@ -139,6 +130,22 @@ def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
             f"incomplete {what} checkpoint: it has {format_keys(head_present)} "
             f"but not {format_keys(optional_sources - head_present)}."
         )
+
+
+def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
+    """Converts `arrays` ({source key: array}) with `plan`.
+
+    Args:
+        arrays: the source dict.
+        plan: {source key: (keras path, transform)} for every key expected.
+        what: e.g. "timm MLP-Mixer", for messages.
+        optional: Keras paths that may be absent, all together (the head).
+
+    Returns:
+        ({keras path: float32 array}, {keras path: source key}).
+    """
+    check_keys(arrays, plan, what, optional)
+    present = set(arrays)
     tensors, origin = {}, {}
     for source, (path, transform) in plan.items():
         if source not in present:
@@ -154,6 +161,9 @@ def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
 
 
 def _expected_shapes(tensors, family):
+    """Shapes every tensor must have, given the stem and first block; the
+    tensors are arrays or anything with `shape` and `ndim` (the array specs
+    read from a file's headers)."""
     kernel = tensors["stem/proj/kernel"]
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
         return {"stem/proj/kernel": "(p, p, channels, dim) with a square patch"}

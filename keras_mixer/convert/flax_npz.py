@@ -26,9 +26,17 @@ Flax optimizer checkpoint, whose `opt/state/...` arrays are ignored), names
 flattened with '.' instead of '/', and pre-Linen module numbering (e.g.
 `LayerNorm_0`, `LayerNorm_2`), renumbered per module class in name order as
 `flax.training.checkpoints.convert_pre_linen` does.
+
+Reading is bounded: the archive's names, and each array's dtype and shape,
+are taken from the zip directory and the `.npy` headers, and checked (no
+object arrays, at most `MAX_MEMBER_BYTES` per array, the size the header
+declares, and, for Flax names, the names and shapes of one MLP-Mixer) before
+any array is decompressed.
 """
 
 import re
+import typing
+import zipfile
 
 import numpy as np
 
@@ -37,15 +45,101 @@ from keras_mixer.convert import _common
 
 PREFIXES = ("opt/target/", "optimizer/target/", "params/")
 _MODULE_NUM = re.compile(r"^(.*)_(\d+)$")
+# The largest array read from an .npz, decompressed: 1 GiB (the largest
+# official array, Mixer-L/16's 21k-class head, is 89 MB).
+MAX_MEMBER_BYTES = 1 << 30
 
 
-def read(path):
+class ArraySpec(typing.NamedTuple):
+    """An array's shape and dtype, as its `.npy` header declares them."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+
+def read_specs(path, max_member_bytes=MAX_MEMBER_BYTES):
+    """{name: ArraySpec} of an `.npz` file, from its zip directory and the
+    `.npy` headers only (a few bytes of each member are decompressed).
+
+    Raises:
+        ValueError: not a readable zip of `.npy` arrays, an object array
+            (pickle), an array over `max_member_bytes` decompressed, or a
+            member whose size is not what its header declares.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise _unreadable(path, error) from None
+    specs = {}
+    with archive:
+        for info in archive.infolist():
+            member = info.filename
+            if not member.endswith(".npy") or member[:-4] in specs:
+                raise _unreadable(path, f"member {member!r} is not a unique "
+                                  ".npy array")
+            if info.compress_type not in (zipfile.ZIP_STORED,
+                                          zipfile.ZIP_DEFLATED):
+                raise _unreadable(path, f"member {member!r} uses zip "
+                                  f"compression {info.compress_type}")
+            if info.file_size > max_member_bytes:
+                raise ValueError(
+                    f"{path}: array {member[:-4]!r} decompresses to "
+                    f"{info.file_size:,} bytes, over the limit of "
+                    f"{max_member_bytes:,} (MAX_MEMBER_BYTES); refused before "
+                    "decompressing it. Official MLP-Mixer arrays are under "
+                    "100 MB."
+                )
+            try:
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        raise ValueError(f".npy format {version} unsupported")
+                    offset = f.tell()
+            except Exception as error:  # noqa: BLE001 - zlib, format errors
+                raise _unreadable(path, f"member {member!r}: {error}") from None
+            if dtype.hasobject:
+                raise _refused_or_unreadable(
+                    path, ValueError("Object arrays need allow_pickle"))
+            declared = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if declared != info.file_size:
+                raise _unreadable(
+                    path, f"member {member!r} declares {shape} {dtype} "
+                    f"({declared:,} bytes) but holds {info.file_size:,} bytes")
+            specs[member[:-4]] = ArraySpec(tuple(shape), dtype)
+    return specs
+
+
+def read(path, max_member_bytes=MAX_MEMBER_BYTES):
     """Reads an `.npz` file into {name: array}, never unpickling anything.
+
+    The names, dtypes and shapes are checked first from the headers
+    (`read_specs`; for Flax names also as one MLP-Mixer, `check_specs`),
+    then the arrays are read.
 
     Raises:
         ValueError: the file is not a readable `.npz` (truncated, corrupt, not
-            a zip of `.npy` arrays) or holds pickled Python objects.
+            a zip of `.npy` arrays), holds pickled Python objects or an array
+            over `max_member_bytes`, or its Flax arrays are not those of an
+            MLP-Mixer.
     """
+    from keras_mixer import convert
+
+    specs = read_specs(path, max_member_bytes)
+    if convert.detect_layout(specs) == "flax":
+        try:
+            check_specs(specs)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -163,19 +257,14 @@ def _plan(names):
     return plan, blocks
 
 
-def convert(arrays):
-    """Converts the arrays of an official MLP-Mixer `.npz` to a Checkpoint.
-
-    Args:
-        arrays: {name: array} as returned by `read`.
-
-    Returns:
-        `Checkpoint(family="mixer", source="flax", approximate_gelu=True)`.
+def check_specs(arrays):
+    """Checks that {name: array or ArraySpec} are the arrays of one
+    MLP-Mixer (names, then shapes; Flax arrays need no transform, so their
+    shapes are the Keras ones). Returns (normalized names, plan).
 
     Raises:
-        ValueError: the arrays are not those of one MLP-Mixer (another
-            architecture such as a ViT, missing or extra arrays, shapes that do
-            not fit together).
+        ValueError: another architecture, missing or extra arrays, shapes that
+            do not fit together.
     """
     original = list(arrays)
     try:
@@ -190,8 +279,32 @@ def convert(arrays):
             f"{_common.format_keys(original)}."
             + _common.wrong_architecture_hint(original)
         )
+    what = "Flax MLP-Mixer"
+    _common.check_keys(names, plan, what)
+    shapes, origin = {}, {}
+    for source, (path, _) in plan.items():
+        if source in names:
+            shapes[path], origin[path] = names[source], source
+    _common.check_shapes(shapes, "mixer", origin, what)
+    return names, plan
+
+
+def convert(arrays):
+    """Converts the arrays of an official MLP-Mixer `.npz` to a Checkpoint.
+
+    Args:
+        arrays: {name: array} as returned by `read`.
+
+    Returns:
+        `Checkpoint(family="mixer", source="flax", approximate_gelu=True)`.
+
+    Raises:
+        ValueError: the arrays are not those of one MLP-Mixer (another
+            architecture such as a ViT, missing or extra arrays, shapes that do
+            not fit together).
+    """
+    names, plan = check_specs(arrays)
     tensors, origin = _common.apply_plan(names, plan, "Flax MLP-Mixer")
-    _common.check_shapes(tensors, "mixer", origin, "Flax MLP-Mixer")
     return Checkpoint(
         tensors=tensors, family="mixer", source="flax", approximate_gelu=True
     )
