@@ -231,11 +231,11 @@ def convert(argv):
             f"--output {FLAGS.output!r} must end in .keras (whole model) or "
             ".weights.h5 (weights only)."
         )
+    from keras_mixer import atomic
+
     model = build_from_flags(weights=FLAGS.weights)
-    if FLAGS.output.endswith(".weights.h5"):
-        model.save_weights(FLAGS.output)
-    else:
-        model.save(FLAGS.output)
+    # Written beside --output, read back and compared, then renamed.
+    atomic.save_model(model, FLAGS.output, check=True)
     print(f"wrote {FLAGS.output}: {model.name}, {model.count_params():,} parameters")
     return 0
 
@@ -334,9 +334,16 @@ def _load_keras_file(path):
     """A `.keras` model file, loaded with safe_mode on."""
     import keras
 
+    from keras_mixer import weights as weights_lib
+
     if not os.path.exists(path):
         raise app.UsageError(f"{path}: no such file.")
-    return keras.saving.load_model(path)
+    model = keras.saving.load_model(path)
+    try:
+        weights_lib.check_finite(model, path)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    return model
 
 
 def evaluate(argv):

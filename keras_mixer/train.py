@@ -205,7 +205,8 @@ class RunRecord(keras.callbacks.Callback):
                     f"{'; '.join(failures)}. Move {self.output_dir} aside and "
                     "train again."
                 )
-        _write_history(self.output_dir, self.rows)
+        if self.rows:  # completes a rewrite a kill interrupted
+            _write_history(self.output_dir, self.rows)
         self.model._initial_epoch = self.epochs_completed
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -632,7 +633,8 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
     results = trainee.evaluate(run["val_ds"], return_dict=True, verbose=0)
     speed = throughput.images_per_second()
     if speed is None:  # no epoch ran in this process: the recorded ones
-        recorded = [r["train_images_per_second"] for r in record.rows[1:]
+        recorded = [r["train_images_per_second"]
+                    for r in (record.rows[1:] or record.rows)
                     if "train_images_per_second" in r]
         speed = float(np.mean(recorded)) if recorded else None
     metrics = {

@@ -682,6 +682,41 @@ def test_np_load_is_called_with_allow_pickle_false(tmp_path, monkeypatch):
     assert calls and all(c.get("allow_pickle") is False for c in calls)
 
 
+def test_npz_headers_are_checked_before_any_array_is_decompressed(
+        tmp_path, monkeypatch):
+    """An .npz whose array inflates to 2 GiB from 2 MB: refused from its zip
+    entry (over MAX_MEMBER_BYTES), and wrong names or shapes from the .npy
+    headers, without np.load ever running."""
+    import bombs
+
+    monkeypatch.setattr(np, "load", None)  # any decompression would fail
+    path = bombs.npz_with_bomb(tmp_path / "bomb.npz", flax_mixer_params(),
+                               "huge", (8, 1 << 26))
+    assert os.path.getsize(path) < 3e6
+    with pytest.raises(ValueError, match=r"array 'huge' decompresses to "
+                       r"2,147,483,776 bytes, over the limit of 1,073,741,824"):
+        convert.read_checkpoint(path)
+    params = flax_mixer_params()
+    params["MixerBlock_1/channel_mixing/Dense_0/kernel"] = np.zeros(
+        (DIM, 7), np.float32)
+    path = save_npz(tmp_path / "shape.npz", params)
+    with pytest.raises(ValueError, match=r"shape.npz: .*'MixerBlock_1/"
+                       r"channel_mixing/Dense_0/kernel'.* has shape"):
+        flax_npz.read(path)
+    path = save_npz(tmp_path / "vit.npz", vit_npz_arrays())
+    with pytest.raises(ValueError, match="not an MLP-Mixer"):
+        flax_npz.read(path)
+    # A member whose header declares less than it holds.
+    np.savez(tmp_path / "lie.npz", x=np.zeros(4, np.float32))
+    with zipfile.ZipFile(tmp_path / "lie.npz") as archive:
+        raw = archive.read("x.npy").replace(b"(4,)", b"(3,)")
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w") as archive:
+        archive.writestr("x.npy", raw)
+    with pytest.raises(ValueError, match=r"declares \(3,\) float32 \(140 "
+                       r"bytes\) but holds 144 bytes"):
+        flax_npz.read(tmp_path / "lie.npz")
+
+
 def test_torch_file_without_torch_says_how_to_fix(tmp_path, monkeypatch):
     path = fake_torch_zip(tmp_path / "model.pth")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails

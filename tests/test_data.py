@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import bombs  # tests/bombs.py
 from keras_mixer import data
 
 
@@ -276,6 +277,59 @@ def test_folder_images_are_shrunk_before_the_cache(tmp_path):
                                   batch_size=2, training=False)
     images = np.concatenate([b[0] for b in train])
     np.testing.assert_allclose(images[0], 100, atol=1)
+
+
+def _patched(blob, offset, value, size, order):
+    return blob[:offset] + value.to_bytes(size, order) + blob[offset + size:]
+
+
+def test_image_sizes_are_read_from_headers_and_bounded(monkeypatch):
+    """Each format's header is read (no decoding): JPEG's frame header, PNG's
+    IHDR, GIF's screen and first frame, BMP's info header. Over the limit:
+    InvalidArgumentError naming the image and the limit."""
+    from PIL import Image
+    import io
+
+    def encode(fmt, size=(12, 10), **kw):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (200, 30, 60)).save(buffer, fmt, **kw)
+        return buffer.getvalue()
+
+    jpeg, gif, bmp = encode("JPEG"), encode("GIF"), encode("BMP")
+    sof = jpeg.index(b"\xff\xc0") + 5
+    frame = gif.index(b"\x2c\x00\x00\x00\x00") + 5
+    huge = {
+        "jpeg": _patched(_patched(jpeg, sof, 40000, 2, "big"), sof + 2, 40000, 2, "big"),
+        "png": bombs.png_bomb(23000),
+        "gif screen": _patched(_patched(gif, 6, 40000, 2, "little"), 8, 40000, 2, "little"),
+        "gif frame": _patched(_patched(gif, frame, 40000, 2, "little"), frame + 2, 40000, 2, "little"),
+        "bmp": _patched(_patched(bmp, 18, 40000, 4, "little"), 22, 40000, 4, "little"),
+    }
+    for name, blob in huge.items():
+        size = "23000x23000" if name == "png" else "40000x40000"
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"{name} is {size} pixels, over the decoding "
+                           "limit of 67108864 pixels"):
+            data.decode_image(tf.constant(blob), what=name)
+    # An animated GIF is cut after its first frame: the decoder never reads
+    # the others.
+    frames = [Image.new("RGB", (12, 10), (i * 40, 0, 0)) for i in range(4)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    animated = buffer.getvalue()
+    kind, height, width, first = data.image_header(tf.constant(animated))
+    assert (int(kind), int(height), int(width)) == (3, 10, 12)
+    assert len(first.numpy()) < len(animated) / 2
+    np.testing.assert_array_equal(
+        data.decode_image(tf.constant(animated)),
+        tf.io.decode_gif(animated)[0])
+    # The limit is configurable.
+    monkeypatch.setenv(data.MAX_PIXELS_ENV, "100")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="small is 12x10 pixels, over the decoding limit "
+                       "of 100 pixels"):
+        data.decode_image(tf.constant(jpeg), what="small")
+    assert data.decode_image(tf.constant(jpeg), max_pixels=120).shape == (10, 12, 3)
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -344,6 +344,29 @@ def test_mismatched_tensor_names_path_and_shapes():
         W.assign_checkpoint(resmlp, checkpoint)
 
 
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    """A checkpoint or .weights.h5 holding NaN/Inf is refused, the tensor
+    named, whatever the format."""
+    def build(weights=None):
+        return keras_mixer.MLPMixer(4, 16, 2, 8, 32, input_shape=(16, 16, 3),
+                                    classes=7, weights=weights)
+
+    source = build()
+    _randomise(source)
+    bias = source.get_layer("block_1").token_mixing.fc2.bias
+    bias.assign(np.where(np.arange(bias.shape[0]) == 0, np.nan, 0.0))
+    npz = tmp_path / "mixer.npz"
+    to_official_npz(source, npz)
+    with pytest.raises(ValueError, match=r"mixer.npz: tensor "
+                       r"'block_1/token_mixing/fc2/bias' holds 1 NaN/Inf"):
+        build(str(npz))
+    h5 = str(tmp_path / "mixer.weights.h5")
+    source.save_weights(h5)
+    with pytest.raises(ValueError, match=r"tensor 'block_1/token_mixing/fc2/"
+                       "bias' holds 1 NaN/Inf"):
+        build(h5)
+
+
 def test_decode_predictions():
     scores = np.zeros((2, 1000))
     scores[0, [1, 207, 3]] = [0.2, 0.7, 0.1]
