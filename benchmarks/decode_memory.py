@@ -1,7 +1,9 @@
 """Peak memory of decoding a PNG bomb (23000x23000 black pixels in 1.5 MB,
 1.59 GB once decoded) through each way images enter keras_mixer: the
 SavedModel's `image_bytes` signature, `keras-mixer predict`'s decoding (a
-.keras model) and an image-folder dataset.
+.keras model) and an image-folder dataset; and (`folder_cache`) the growth of
+a cached folder dataset of 27 photos of 2500x2500 read for two epochs at
+224 px.
 
 Each path runs in a fresh process: it is warmed up on small images first
 (so TensorFlow's one-time allocations count as idle), then its peak RSS is
@@ -9,6 +11,7 @@ reset and the bomb goes through. A watchdog kills a process past --cap_gb.
 
     python benchmarks/decode_memory.py              # all three paths
     python benchmarks/decode_memory.py --side 9000  # another bomb size
+    python benchmarks/decode_memory.py --paths folder_cache
 """
 
 import argparse
@@ -21,7 +24,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATHS = ("image_bytes", "predict", "folder")
+PATHS = ("image_bytes", "predict", "folder", "folder_cache")
 
 
 def _status(pid, key):
@@ -69,6 +72,29 @@ def child(path, side, folder):
         predictor = export.load_predictor(os.path.join(folder, "m.keras"))
         warm = lambda: predictor([os.path.join(folder, "small.png")])  # noqa
         go = lambda: predictor([os.path.join(folder, "bomb.png")])  # noqa
+    elif path == "folder_cache":
+        rng = np.random.default_rng(0)
+        ramp = np.linspace(0, 255, 2500, dtype=np.float32)
+        for i in range(27):
+            image = (ramp[:, None, None] * 0.5 + ramp[None, :, None] * 0.3
+                     + rng.normal(0, 20, (1, 2500, 3)) + i)
+            blob = tf.io.encode_jpeg(np.clip(image, 0, 255).astype(np.uint8))
+            name = os.path.join(folder, "photos", f"c{i % 3}", f"{i}.jpg")
+            os.makedirs(os.path.dirname(name), exist_ok=True)
+            with open(name, "wb") as f:
+                f.write(blob.numpy())
+
+        def epochs(root, size):
+            ds, _ = data.build_dataset(f"folder:{root}", "train",
+                                       image_size=size, batch_size=4,
+                                       training=True, cache=True)
+            for _ in range(2):
+                for _ in ds.take(6):
+                    pass
+            return "ran two epochs"
+
+        warm = lambda: epochs(os.path.join(folder, "warm"), 32)  # noqa
+        go = lambda: epochs(os.path.join(folder, "photos"), 224)  # noqa
     else:
         def read(root):
             ds, info = data.build_dataset(f"folder:{root}", "train",
@@ -138,12 +164,13 @@ def main():
     parser.add_argument("--folder")
     parser.add_argument("--side", type=int, default=23000)
     parser.add_argument("--cap_gb", type=float, default=6.0)
+    parser.add_argument("--paths", default=",".join(PATHS))
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.side, args.folder)
     print(f"| path | idle RSS | peak RSS | over idle | time | outcome |\n"
           f"|---|---|---|---|---|---|")
-    for path in PATHS:
+    for path in args.paths.split(","):
         r = measure(path, args.side, args.cap_gb * 2**30)
         over = (f"{(r['peak'] - r['idle']) / 2**20:,.0f} MiB"
                 if r["idle"] else f"> {args.cap_gb:.0f} GiB")
