@@ -30,10 +30,11 @@ loses at most the epoch in flight, and rerunning the same command resumes
 after the last committed epoch (an interrupted history.csv or best.keras is
 completed from the record). A newest backup that cannot be read (truncated,
 corrupt) is dropped with a warning and the previous generation is used; the
-epochs after it are trained again and recorded once. "Finished" is
-progress.json's `finished`, written after final.keras and metrics.json: a
-finished run is not trained again, and a run killed after its last epoch but
-before the final save only evaluates and saves.
+epochs after it are trained again and recorded once. With no readable
+generation at all, training starts over from the first epoch, with a warning.
+"Finished" is progress.json's `finished`, written after final.keras and
+metrics.json: a finished run is not trained again, and a run killed after its
+last epoch but before the final save only evaluates and saves.
 
 Raising `epochs` on a run (finished or not) continues it from the last
 completed epoch; the learning-rate schedule is then the one of the new length
@@ -51,8 +52,8 @@ environment the trainer SIGKILLs itself at that point (`backup_write`: the
 backup's temporary file written but not renamed; `before_commit`: the backup
 renamed, progress.json not yet written; `after_commit`: progress.json written,
 history.csv and best.keras not yet; `after_fit`: all epochs committed, nothing
-of the final save written), at the given epoch index or the first time. The
-fault-injection tests use it; it is not for use in training.
+of the final save written), at the given epoch index, or the first time it
+gets there. The fault-injection tests use it; it is not for use in training.
 """
 
 import csv
@@ -90,7 +91,6 @@ atomic_save_model = atomic.save_model
 PROGRESS = "progress.json"
 BACKUP = "backup"
 KILL_ENV = "KERAS_MIXER_TEST_KILL_AT"
-_killed_points = set()
 
 
 def _kill_point(name, epoch=None):
@@ -99,11 +99,8 @@ def _kill_point(name, epoch=None):
     if not spec:
         return
     point, _, at = spec.partition(":")
-    if point != name or name in _killed_points:
+    if point != name or (at and epoch is not None and int(at) != epoch):
         return
-    if at and epoch is not None and int(at) != epoch:
-        return
-    _killed_points.add(name)
     logger.warning("%s=%s: killing the trainer.", KILL_ENV, spec)
     logging.shutdown()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -174,6 +171,13 @@ class RunRecord(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         generations = list(self.progress["generations"])
         failures = []
+        if generations:  # the starting state, should no backup be readable
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(self.model.trainable_variables)
+            state = list(self.model.weights) + list(
+                optimizer.variables if optimizer is not None else [])
+            initial = [keras.ops.convert_to_numpy(v) for v in state]
         for generation in reversed(generations):
             path = os.path.join(self.backup_dir, generation["file"])
             try:
@@ -200,11 +204,17 @@ class RunRecord(keras.callbacks.Callback):
             break
         else:
             if failures:
-                raise RuntimeError(
-                    f"No backup generation of {self.output_dir} can be read: "
-                    f"{'; '.join(failures)}. Move {self.output_dir} aside and "
-                    "train again."
-                )
+                logger.warning(
+                    "No backup of %s can be read (%s); training starts over "
+                    "from epoch 1.", self.output_dir, "; ".join(failures))
+                for variable, value in zip(state, initial):
+                    variable.assign(value)
+                self._commit(epochs_completed=0, generations=[], history=[],
+                             finished=False)
+                for bad in generations:
+                    bad_path = os.path.join(self.backup_dir, bad["file"])
+                    if os.path.exists(bad_path):
+                        os.remove(bad_path)
         if self.rows:  # completes a rewrite a kill interrupted
             _write_history(self.output_dir, self.rows)
         self.model._initial_epoch = self.epochs_completed
@@ -605,8 +615,9 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
     record = RunRecord(output_dir, config, throughput)
     callbacks = [throughput, record, keras.callbacks.TerminateOnNaN()]
     if config["ema"]:
-        # Validate and save with the averaged weights.
-        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        # Validate and save best.keras with the averaged weights; the backup
+        # (before the swap) keeps the trained weights in the model's place.
+        callbacks.insert(2, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if run["chief"]:
         callbacks.append(BestModel(os.path.join(output_dir, "best.keras"),
                                    model, record))

@@ -258,6 +258,60 @@ def test_more_epochs_continue_a_finished_run_and_a_bad_backup_falls_back(
         train.train(config, out)
 
 
+def test_no_readable_backup_starts_over_from_the_initial_state(tmp_path, caplog):
+    """Both backup generations unreadable: a warning and a fresh start from
+    the model's own initial weights, never a crash loop."""
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+
+    def fit(epochs):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile("sgd", "mse")
+        initial = [np.array(w) for w in model.get_weights()]
+        seen = []
+        check = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: seen.append(
+            [np.array(w) for w in model.get_weights()]))
+        record = train.RunRecord(str(tmp_path), {"epochs": epochs})
+        model.fit(x, y, epochs=epochs, callbacks=[record, check], verbose=0)
+        return initial, seen[0]
+
+    fit(2)
+    for name in os.listdir(tmp_path / "backup"):
+        with open(tmp_path / "backup" / name, "r+b") as f:
+            f.truncate(96)
+    with caplog.at_level("WARNING", logger="keras_mixer"):
+        initial, start = fit(3)
+    assert "training starts over from epoch 1" in caplog.text
+    for a, b in zip(initial, start):
+        np.testing.assert_array_equal(a, b)
+    assert _epochs(tmp_path) == [0, 1, 2]
+    assert sorted(os.listdir(tmp_path / "backup")) == [
+        "epoch-000002.weights.h5", "epoch-000003.weights.h5"]
+
+
+def test_resumed_ema_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    """Two epochs in one go, or one then a resume: the same weights, with
+    EMA swapped in at every epoch end as `train` does."""
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    y = x @ np.ones((3, 2), np.float32)
+
+    def fit(folder, epochs):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.AdamW(0.1, use_ema=True,
+                                             ema_momentum=0.5), "mse")
+        callbacks = [train.RunRecord(str(folder), {"epochs": epochs}),
+                     keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+        model.fit(x, y, epochs=epochs, batch_size=4, shuffle=False,
+                  callbacks=callbacks, verbose=0)
+        return model.get_weights()
+
+    whole = fit(tmp_path / "whole", 2)
+    fit(tmp_path / "resumed", 1)
+    resumed = fit(tmp_path / "resumed", 2)
+    for a, b in zip(whole, resumed):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset=imagenet_9k"], "Unknown dataset 'imagenet_9k'"),
     (["--config=mixer_z"], "Unknown config 'mixer_z'"),
