@@ -831,6 +831,7 @@ def build_dataset(name, split, *, image_size, batch_size, training,
         cache = info.num_examples is not None and info.num_examples < 50_000
         if info.folder is not None:
             side = FOLDER_SIDE_FACTOR * image_size
+            # 3 bytes a pixel of a 4:3 image whose shorter side is `side`.
             cache = info.num_examples * side * side * 4 <= FOLDER_CACHE_BYTES
     if cache and info.folder is not None:
         ds = _read_folder_once(ds.cache(), info, split)

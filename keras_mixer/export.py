@@ -553,10 +553,6 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop",
         height, width = model.input_shape[1:3]
 
         def run(images):
-            if images.shape[1:3] != (height, width):
-                raise ValueError(
-                    f"{model_path} takes {height}x{width} images; got "
-                    f"{images.shape[1]}x{images.shape[2]}.")
             return model.predict(images, verbose=0)
     else:
         raise ValueError(
