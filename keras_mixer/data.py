@@ -175,6 +175,11 @@ def _digits_source(split):
 # exported signatures alike).
 
 
+# Written with explicit tf.cond / tf.case / tf.while_loop: AutoGraph has
+# nothing to convert, and skipping it saves most of the tracing time.
+_graph_code = tf.autograph.experimental.do_not_convert
+
+
 def max_image_pixels():
     """The decoding limit in pixels: KERAS_MIXER_MAX_IMAGE_PIXELS, else
     `MAX_IMAGE_PIXELS`."""
@@ -216,6 +221,7 @@ def _big(raw):
     return _little(tf.reverse(raw, [0]))
 
 
+@_graph_code
 def _gif_first_frame(contents):
     """(end of the first frame's data, its height, its width), walking the
     GIF's blocks; end is -1 when the file has no complete first frame.
@@ -265,6 +271,7 @@ def _gif_first_frame(contents):
     return end, height, width
 
 
+@_graph_code
 def image_header(contents):
     """What an encoded image's header says, without decoding it:
     `(format, height, width, contents to decode)`.
@@ -346,6 +353,7 @@ def _require(condition, message):
     return [tf.debugging.Assert(condition, [message])]
 
 
+@_graph_code
 def check_image_header(contents, max_pixels=None, what="image"):
     """Reads an encoded image's header and refuses it when it is no JPEG,
     PNG, GIF or BMP image, or when it has more than `max_pixels` pixels
@@ -369,6 +377,7 @@ def check_image_header(contents, max_pixels=None, what="image"):
         return tf.identity(height), tf.identity(width), tf.identity(contents)
 
 
+@_graph_code
 def decode_image(contents, max_pixels=None, what="image"):
     """Decodes an encoded JPEG, PNG, GIF (first frame) or BMP image to
     uint8 RGB `[height, width, 3]`, with its size bounded.
@@ -389,6 +398,7 @@ def decode_image(contents, max_pixels=None, what="image"):
     return image
 
 
+@_graph_code
 def shrink(image, max_side):
     """`image` (uint8) resized, aspect kept, so that its shorter side is at
     most `max_side` (antialiased bilinear); smaller images are unchanged."""
@@ -525,8 +535,8 @@ def _folder_root_and_split(root, split):
 
 
 class _Skips:
-    """Records files that fail to decode in a running pipeline (called from
-    tf.data through tf.py_function, for failures only)."""
+    """Records files that failed to decode in a running pipeline (called
+    from tf.data through tf.py_function, only when some did)."""
 
     lock = threading.Lock()
 
@@ -534,20 +544,21 @@ class _Skips:
         self.skipped = skipped
         self.max_pixels = max_pixels
 
-    def __call__(self, path):
-        """Returns False (the element is dropped)."""
-        path = path.numpy().decode("utf-8", "replace")
-        with self.lock:
-            if path in self.skipped:
-                return False
-            self.skipped.add(path)
-        try:  # decode again, eagerly, for the reason
-            decode_image(tf.io.read_file(path), self.max_pixels, what=path)
-            reason = "it could not be read"
-        except (tf.errors.OpError, OSError) as error:
-            reason = getattr(error, "message", str(error)).splitlines()[0]
-        logger.warning("Skipped unreadable image %s: %s", path, reason)
-        return False
+    def __call__(self, paths):
+        """Logs and counts `paths` (a string tensor); returns True."""
+        for path in paths.numpy():
+            path = path.decode("utf-8", "replace")
+            with self.lock:
+                if path in self.skipped:
+                    continue
+                self.skipped.add(path)
+            try:  # decode again, eagerly, for the reason
+                decode_image(tf.io.read_file(path), self.max_pixels, what=path)
+                reason = "it could not be read"
+            except (tf.errors.OpError, OSError) as error:
+                reason = getattr(error, "message", str(error)).splitlines()[0]
+            logger.warning("Skipped unreadable image %s: %s", path, reason)
+        return True
 
 
 def _folder_source(root, split, image_size=None, validation_fraction=0.1,
@@ -573,31 +584,37 @@ def _folder_source(root, split, image_size=None, validation_fraction=0.1,
                        classes, flip=True, skipped=set(skipped),
                        folder=str(folder))
     record = _Skips(info.skipped, max_pixels)
+    count = len(paths)
+    all_paths = tf.constant(paths)
 
-    def load(path, label):
+    def load(index, path, label):
         image = decode_image(tf.io.read_file(path), max_pixels, what=path)
         if image_size:
             image = shrink(image, FOLDER_SIDE_FACTOR * image_size)
-        return image, label, path, True
+        return index, image, label
 
-    def failed(path, label):
-        return tf.zeros((0, 0, 3), tf.uint8), label, path, False
+    # Files that fail to decode are dropped (`ignore_errors`); the indices
+    # that come out, in order, tell which ones, and those are recorded. An
+    # end marker catches failures after the last good image.
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.range(count, dtype=tf.int64), paths, labels))
+    ds = ds.map(load, num_parallel_calls=DECODE_PARALLELISM,
+                deterministic=True).ignore_errors()
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(
+        (tf.constant(count, tf.int64), tf.zeros((1, 1, 3), tf.uint8),
+         tf.constant(-1, labels.dtype))))
 
-    def read(path, label):
-        # One element: the decoded image, or a marker when decoding failed.
-        one = tf.data.Dataset.from_tensors((path, label))
-        return one.map(load).ignore_errors().concatenate(
-            one.map(failed)).take(1)
+    def find_gaps(previous, element):
+        index, image, label = element
+        missing = all_paths[previous + 1:index]
+        recorded = tf.cond(tf.size(missing) > 0,
+                           lambda: tf.py_function(record, [missing], tf.bool),
+                           lambda: tf.constant(True))
+        return index, (image, label, tf.logical_and(recorded, index < count))
 
-    def report(image, label, path, ok):
-        return tf.cond(ok, lambda: ok,
-                       lambda: tf.py_function(record, [path], tf.bool))
-
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    ds = ds.interleave(read, cycle_length=DECODE_PARALLELISM,
-                       num_parallel_calls=DECODE_PARALLELISM,
-                       deterministic=True)
-    ds = ds.filter(report).map(lambda image, label, path, ok: (image, label))
+    ds = ds.scan(tf.constant(-1, tf.int64), find_gaps)
+    ds = ds.filter(lambda image, label, keep: keep).map(
+        lambda image, label, keep: (image, label))
     return ds, info
 
 
