@@ -162,6 +162,12 @@ class RunRecord(keras.callbacks.Callback):
         atomic.write_text(os.path.join(self.output_dir, PROGRESS),
                           json.dumps(self.progress, indent=1))
 
+    def _remove(self, generations):
+        for generation in generations:
+            path = os.path.join(self.backup_dir, generation["file"])
+            if os.path.exists(path):
+                os.remove(path)
+
     def _load(self, path):
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
@@ -197,10 +203,7 @@ class RunRecord(keras.callbacks.Callback):
                     self.progress["epochs_completed"])
                 self._commit(epochs_completed=epochs, generations=kept,
                              history=self.rows[:epochs], finished=False)
-                for bad in generations[len(kept):]:
-                    bad_path = os.path.join(self.backup_dir, bad["file"])
-                    if os.path.exists(bad_path):
-                        os.remove(bad_path)
+                self._remove(generations[len(kept):])
             break
         else:
             if failures:
@@ -211,10 +214,7 @@ class RunRecord(keras.callbacks.Callback):
                     variable.assign(value)
                 self._commit(epochs_completed=0, generations=[], history=[],
                              finished=False)
-                for bad in generations:
-                    bad_path = os.path.join(self.backup_dir, bad["file"])
-                    if os.path.exists(bad_path):
-                        os.remove(bad_path)
+                self._remove(generations)
         if self.rows:  # completes a rewrite a kill interrupted
             _write_history(self.output_dir, self.rows)
         self.model._initial_epoch = self.epochs_completed

@@ -233,14 +233,15 @@ def download_record(path):
     return record
 
 
-def checksum_problem(path, entry, record=None):
+def checksum_problem(path, entry, record=None, actual=None):
     """None when `path` matches the entry's sha256 or hash prefix (and, for a
-    download, the sha256 recorded when it was fetched), else what is wrong."""
+    download, the sha256 recorded when it was fetched), else what is wrong.
+    `actual`: the file's sha256 when already computed."""
     full, prefix = expected_hash(entry)
     recorded = record.get("sha256") if record else None
     if not (full or prefix or recorded):
         return None
-    actual = _sha256(path)
+    actual = actual or _sha256(path)
     for expected in (full, recorded):
         if expected and actual != expected:
             return f"expected sha256 {expected}, got {actual}"
@@ -293,7 +294,8 @@ def _download(model_name, weights_name, entry):
         ) from None
     path = os.path.join(os.path.dirname(tmp), entry["filename"])
     try:
-        problem = checksum_problem(tmp, entry)
+        actual = _sha256(tmp)
+        problem = checksum_problem(tmp, entry, actual=actual)
         if problem:
             raise ValueError(
                 f"Checksum mismatch for the download of {entry['url']} "
@@ -301,7 +303,7 @@ def _download(model_name, weights_name, entry):
                 "discarded; nothing was kept. Try again, or download the file "
                 f"elsewhere and put it at {path}."
             )
-        record = {"url": entry["url"], "sha256": _sha256(tmp),
+        record = {"url": entry["url"], "sha256": actual,
                   "identity": _identity(tmp)}  # a rename keeps the identity
         atomic.write_text(path + DOWNLOAD_RECORD, json.dumps(record))
         os.replace(tmp, path)

@@ -42,6 +42,7 @@ import numpy as np
 
 from keras_mixer.convert import Checkpoint
 from keras_mixer.convert import _common
+from keras_mixer.convert import detect_layout
 
 PREFIXES = ("opt/target/", "optimizer/target/", "params/")
 _MODULE_NUM = re.compile(r"^(.*)_(\d+)$")
@@ -132,10 +133,8 @@ def read(path, max_member_bytes=MAX_MEMBER_BYTES):
             over `max_member_bytes`, or its Flax arrays are not those of an
             MLP-Mixer.
     """
-    from keras_mixer import convert
-
     specs = read_specs(path, max_member_bytes)
-    if convert.detect_layout(specs) == "flax":
+    if detect_layout(specs) == "flax":
         try:
             check_specs(specs)
         except ValueError as error:
