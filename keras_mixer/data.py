@@ -38,6 +38,7 @@ import gzip
 import logging
 import os
 import pathlib
+import re
 import threading
 
 import numpy as np
@@ -557,6 +558,8 @@ class _Skips:
                 reason = "it could not be read"
             except (tf.errors.OpError, OSError) as error:
                 reason = getattr(error, "message", str(error)).splitlines()[0]
+                # TensorFlow's op errors: "{{function_node ...}} text [Op:X]".
+                reason = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", reason).strip()
             logger.warning("Skipped unreadable image %s: %s", path, reason)
         return True
 
