@@ -219,11 +219,11 @@ def convert(argv):
             f"--output {FLAGS.output!r} must end in .keras (whole model) or "
             ".weights.h5 (weights only)."
         )
+    from keras_mixer import atomic
+
     model = build_from_flags(weights=FLAGS.weights)
-    if FLAGS.output.endswith(".weights.h5"):
-        model.save_weights(FLAGS.output)
-    else:
-        model.save(FLAGS.output)
+    # Written beside --output, read back and compared, then renamed.
+    atomic.save_model(model, FLAGS.output, check=True)
     print(f"wrote {FLAGS.output}: {model.name}, {model.count_params():,} parameters")
     return 0
 
@@ -315,9 +315,16 @@ def _load_keras_file(path):
     """A `.keras` model file, loaded with safe_mode on."""
     import keras
 
+    from keras_mixer.checkpoints import assign
+
     if not os.path.exists(path):
         raise app.UsageError(f"{path}: no such file.")
-    return keras.saving.load_model(path)
+    model = keras.saving.load_model(path)
+    try:
+        assign.check_finite(model, path)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    return model
 
 
 def evaluate(argv):
@@ -379,9 +386,9 @@ def evaluate(argv):
         report = {"dataset": info.name, "split": split, **result}
     print(json.dumps(report, indent=2))
     if FLAGS.output:
-        from keras_mixer.train import atomic_write_text
+        from keras_mixer import atomic
 
-        atomic_write_text(FLAGS.output, json.dumps(report, indent=2))
+        atomic.write_text(FLAGS.output, json.dumps(report, indent=2))
     return 0
 
 
@@ -574,10 +581,10 @@ def export(argv):
           f"{', '.join(export_lib.SIGNATURES)})")
     if names:  # for the TFLite files, which do not hold them
         from keras_mixer import labels as labels_lib
-        from keras_mixer.train import atomic_write_text
+        from keras_mixer import atomic
 
         labels_path = os.path.join(FLAGS.output, labels_lib.LABELS_FILE)
-        atomic_write_text(labels_path, labels_lib.format_labels(names))
+        atomic.write_text(labels_path, labels_lib.format_labels(names))
         print(f"labels: {labels_path} ({len(names)} classes)")
     reports = []
     representative = None

@@ -5,12 +5,18 @@
 model, image size against the patch, batch against the replicas), then
 trains, and leaves in `output_dir`:
 
-    config.json     the resolved config (a rerun must match it).
-    backup/         BackupAndRestore state: the same command resumes from the
-                    last completed epoch after SIGKILL or TPU preemption.
-    history.csv     one row per completed epoch (column `epoch`), each epoch
-                    exactly once across resumes.
-    best.keras      the model of the best validation accuracy so far.
+    config.json     the resolved config (a rerun must match it, but for
+                    `epochs`, which may grow).
+    progress.json   the record of completed epochs: epochs_completed, the
+                    config, one history row per epoch, the backup
+                    generations, and `finished`. It is the commit point: an
+                    epoch counts once its progress record is written.
+    backup/         the training state (weights and optimizer) after each of
+                    the last two committed epochs: `epoch-NNNNNN.weights.h5`.
+    history.csv     one row per completed epoch (column `epoch`), rewritten
+                    from progress.json: each epoch exactly once across resumes.
+    best.keras      the model of the best validation accuracy so far (and
+                    best.keras.json, its epoch and value).
     final.keras     the model at the end of training.
     metrics.json    val_accuracy, val_top5_accuracy, epochs_completed,
                     train_images_per_second, wall_seconds, ...
@@ -18,10 +24,38 @@ trains, and leaves in `output_dir`:
                     predict and evaluate read it from beside the model).
     logs/           TensorBoard logs (TensorFlow backend).
 
-Models and records are written to a temporary name, then renamed, so a kill
-never leaves a half-written file under the final name. In a multi-worker run
-only the chief writes them; the other workers write under
+Every file is written to a temporary name, flushed and renamed
+(`keras_mixer.atomic`), so a kill never leaves a half-written file under a
+final name. The end of an epoch writes the backup generation, then commits
+progress.json, then rewrites history.csv and best.keras; a kill at any instant
+loses at most the epoch in flight, and rerunning the same command resumes
+after the last committed epoch (an interrupted history.csv or best.keras is
+completed from the record). A newest backup that cannot be read (truncated,
+corrupt) is dropped with a warning and the previous generation is used; the
+epochs after it are trained again and recorded once. With no readable
+generation at all, training starts over from the first epoch, with a warning.
+"Finished" is progress.json's `finished`, written after final.keras and
+metrics.json: a finished run is not trained again, and a run killed after its
+last epoch but before the final save only evaluates and saves.
+
+Raising `epochs` on a run (finished or not) continues it from the last
+completed epoch; the learning-rate schedule is then the one of the new length
+(warmup and decay over `epochs * steps_per_epoch` steps, evaluated at the
+optimizer's step count), so the remaining steps follow what a run planned for
+the new `epochs` would use there. Any other change of config is refused, and
+so is an `epochs` below the epochs already completed.
+
+In a multi-worker run only the chief writes best.keras and final.keras; each
+worker keeps its own records, the others under
 `output_dir/workers/<task id>/`.
+
+Test hook: with `KERAS_MIXER_TEST_KILL_AT=<point>[:<epoch>]` in the
+environment the trainer SIGKILLs itself at that point (`backup_write`: the
+backup's temporary file written but not renamed; `before_commit`: the backup
+renamed, progress.json not yet written; `after_commit`: progress.json written,
+history.csv and best.keras not yet; `after_fit`: all epochs committed, nothing
+of the final save written), at the given epoch index, or the first time it
+gets there. The fault-injection tests use it; it is not for use in training.
 """
 
 import csv
@@ -30,13 +64,14 @@ import json
 import logging
 import math
 import os
-import tempfile
+import signal
 import time
 
 import numpy as np
 
 import keras
 
+from keras_mixer import atomic
 from keras_mixer import checks
 from keras_mixer import distribute
 from keras_mixer import labels as labels_lib
@@ -51,58 +86,140 @@ DEMO_MODEL = dict(patch_size=4, hidden_dim=128, num_blocks=4,
 
 
 # ----------------------------------------------------------------------------
-# Files written atomically.
+# Records.
+
+PROGRESS = "progress.json"
+BACKUP = "backup"
+KILL_ENV = "KERAS_MIXER_TEST_KILL_AT"
 
 
-def atomic_write_text(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+def _kill_point(name, epoch=None):
+    """The fault-injection test hook (see the module docstring)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    point, _, at = spec.partition(":")
+    if point != name or (at and epoch is not None and int(at) != epoch):
+        return
+    logger.warning("%s=%s: killing the trainer.", KILL_ENV, spec)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_save_model(model, path):
-    """`model.save` to a temporary file in the same folder, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
+def read_progress(output_dir):
+    """The run's progress record, or None before its first committed epoch."""
+    path = os.path.join(output_dir, PROGRESS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
-# ----------------------------------------------------------------------------
-# Callbacks.
+def _write_history(output_dir, rows):
+    keys = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    atomic.write_text(os.path.join(output_dir, "history.csv"),
+                      text.getvalue())
 
 
-class EpochHistory(keras.callbacks.Callback):
-    """`history.csv`: one row per completed epoch, rewritten atomically.
+class RunRecord(keras.callbacks.Callback):
+    """Backups, progress.json and history.csv, one commit per epoch.
 
-    On (re)start, rows of epochs at or after the first epoch this run trains
-    are dropped: an epoch whose row was written but whose backup was not (a
-    kill in between) is trained again and recorded once.
+    `on_train_begin` restores the newest readable backup generation into the
+    model being fit (weights and optimizer state) and makes `fit` start after
+    its epoch; `on_epoch_end` writes a new generation, commits progress.json,
+    rewrites history.csv and drops generations older than the last two.
     """
 
-    def __init__(self, path):
+    def __init__(self, output_dir, config, throughput=None):
         super().__init__()
-        self.path = path
-        self.rows = {}
-        self._started = False
+        self.output_dir = output_dir
+        self.backup_dir = os.path.join(output_dir, BACKUP)
+        self.config = json.loads(json.dumps(config))
+        self.throughput = throughput
+        self.progress = read_progress(output_dir) or {
+            "epochs_completed": 0, "generations": [], "history": [],
+            "finished": False,
+        }
+        self.progress["config"] = self.config
 
-    def _load(self):
-        if not os.path.exists(self.path):
-            return {}
-        with open(self.path, newline="") as f:
-            return {int(row["epoch"]): row for row in csv.DictReader(f)}
+    @property
+    def epochs_completed(self):
+        return self.progress["epochs_completed"]
+
+    @property
+    def rows(self):
+        return self.progress["history"]
+
+    def _commit(self, **changes):
+        self.progress.update(changes)
+        atomic.write_text(os.path.join(self.output_dir, PROGRESS),
+                          json.dumps(self.progress, indent=1))
+
+    def _remove(self, generations):
+        for generation in generations:
+            path = os.path.join(self.backup_dir, generation["file"])
+            if os.path.exists(path):
+                os.remove(path)
+
+    def _load(self, path):
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(path)
+
+    def on_train_begin(self, logs=None):
+        generations = list(self.progress["generations"])
+        failures = []
+        if generations:  # the starting state, should no backup be readable
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(self.model.trainable_variables)
+            state = list(self.model.weights) + list(
+                optimizer.variables if optimizer is not None else [])
+            initial = [keras.ops.convert_to_numpy(v) for v in state]
+        for generation in reversed(generations):
+            path = os.path.join(self.backup_dir, generation["file"])
+            try:
+                self._load(path)
+            except Exception as error:  # noqa: BLE001 - h5py, Keras, OS errors
+                failures.append(f"{path} ({type(error).__name__}: {error})")
+                logger.warning(
+                    "Backup %s cannot be read (%s); falling back to the "
+                    "previous generation.", path, error)
+                continue
+            if failures:
+                epochs = generation["epochs"]
+                kept = generations[:generations.index(generation) + 1]
+                logger.warning(
+                    "Resuming from the backup after epoch %d; epochs %d..%d "
+                    "are trained again.", epochs, epochs + 1,
+                    self.progress["epochs_completed"])
+                self._commit(epochs_completed=epochs, generations=kept,
+                             history=self.rows[:epochs], finished=False)
+                self._remove(generations[len(kept):])
+            break
+        else:
+            if failures:
+                logger.warning(
+                    "No backup of %s can be read (%s); training starts over "
+                    "from epoch 1.", self.output_dir, "; ".join(failures))
+                for variable, value in zip(state, initial):
+                    variable.assign(value)
+                self._commit(epochs_completed=0, generations=[], history=[],
+                             finished=False)
+                self._remove(generations)
+        if self.rows:  # completes a rewrite a kill interrupted
+            _write_history(self.output_dir, self.rows)
+        self.model._initial_epoch = self.epochs_completed
 
     def on_epoch_begin(self, epoch, logs=None):
-        if not self._started:
-            self._started = True
-            self.rows = {e: r for e, r in self._load().items() if e < epoch}
         self._begin = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -111,42 +228,81 @@ class EpochHistory(keras.callbacks.Callback):
         row["learning_rate"] = float(
             keras.ops.convert_to_numpy(optimizer.learning_rate)
         )
+        if self.throughput is not None and self.throughput.epochs:
+            images, seconds = self.throughput.epochs[-1]
+            row["train_images_per_second"] = round(images / seconds, 3)
         for key, value in sorted((logs or {}).items()):
             row[key] = float(value)
-        self.rows[epoch] = row
-        keys = []
-        for r in self.rows.values():
-            keys += [k for k in r if k not in keys]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=keys)
-        writer.writeheader()
-        for e in sorted(self.rows):
-            writer.writerow(self.rows[e])
-        atomic_write_text(self.path, text.getvalue())
+        name = f"epoch-{epoch + 1:06d}.weights.h5"
+        os.makedirs(self.backup_dir, exist_ok=True)
+        with atomic.writing(os.path.join(self.backup_dir, name)) as tmp:
+            self.model.save_weights(tmp)
+            _kill_point("backup_write", epoch)
+        _kill_point("before_commit", epoch)
+        generations = self.progress["generations"] + [
+            {"epochs": epoch + 1, "file": name}]
+        self._commit(epochs_completed=epoch + 1,
+                     history=self.rows[:epoch] + [row],
+                     generations=generations[-2:], finished=False)
+        _kill_point("after_commit", epoch)
+        _write_history(self.output_dir, self.rows)
+        keep = {g["file"] for g in self.progress["generations"]}
+        for old in os.listdir(self.backup_dir):
+            if old.endswith(".weights.h5") and old not in keep:
+                os.remove(os.path.join(self.backup_dir, old))
+
+    def finish(self, terminated_on_nan=False):
+        """Marks the run finished: written after final.keras and
+        metrics.json."""
+        self._commit(finished=True, terminated_on_nan=terminated_on_nan)
 
 
 class BestModel(keras.callbacks.Callback):
-    """Saves the model of the best `monitor` so far as `path` (atomically);
-    the best value survives restarts in `path + ".json"`."""
+    """Saves the model of the best `monitor` so far as `path` (atomically),
+    then its epoch and value as `path + ".json"`.
 
-    def __init__(self, path, model_to_save, monitor="val_accuracy"):
+    Runs after RunRecord: a kill between an epoch's commit and this save is
+    made good at the next start, from the restored backup of that epoch.
+    """
+
+    def __init__(self, path, model_to_save, record, monitor="val_accuracy"):
         super().__init__()
         self.path = path
         self.model_to_save = model_to_save
+        self.record = record
         self.monitor = monitor
         self.best = -math.inf
-        if os.path.exists(path + ".json"):
+        self.saved_epoch = None
+        if os.path.exists(path + ".json") and os.path.exists(path):
             with open(path + ".json") as f:
-                self.best = json.load(f)["value"]
+                saved = json.load(f)
+            self.best, self.saved_epoch = saved["value"], saved["epoch"]
+
+    def _save(self, epoch, value):
+        self.best = float(value)
+        atomic.save_model(self.model_to_save, self.path)
+        atomic.write_text(self.path + ".json", json.dumps(
+            {"epoch": epoch, "monitor": self.monitor, "value": self.best}))
+        self.saved_epoch = epoch
+
+    def on_train_begin(self, logs=None):
+        rows = self.record.rows
+        if not rows:
+            return
+        last = rows[-1]
+        value = last.get(self.monitor)
+        earlier = [r.get(self.monitor) for r in rows[:-1]
+                   if r.get(self.monitor) is not None]
+        if (value is not None and value > max(earlier, default=-math.inf)
+                and value > self.best and self.saved_epoch != last["epoch"]):
+            # The restored state is that epoch's: save what the kill missed.
+            self._save(last["epoch"], value)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None or not value > self.best:
             return
-        self.best = float(value)
-        atomic_save_model(self.model_to_save, self.path)
-        atomic_write_text(self.path + ".json", json.dumps(
-            {"epoch": epoch, "monitor": self.monitor, "value": self.best}))
+        self._save(epoch, value)
 
 
 class Throughput(keras.callbacks.Callback):
@@ -216,7 +372,8 @@ def check_inputs(config):
 
 
 def _check_resume(output_dir, config):
-    """A rerun in the same output_dir must have the same config."""
+    """A rerun in the same output_dir must have the same config, but for
+    `epochs`, which may grow (not below the epochs already completed)."""
     path = os.path.join(output_dir, "config.json")
     if not os.path.exists(path):
         return
@@ -224,13 +381,37 @@ def _check_resume(output_dir, config):
         previous = json.load(f)
     current = json.loads(json.dumps(config))
     changed = sorted(k for k in set(previous) | set(current)
-                     if previous.get(k) != current.get(k))
+                     if k != "epochs" and previous.get(k) != current.get(k))
     if changed:
         raise ValueError(
             f"{output_dir} holds a run with another config (differs in "
-            f"{', '.join(changed)}). Rerun with the same flags to resume it, "
-            "or pick a new --output_dir."
+            f"{', '.join(changed)}). Rerun with the same flags to resume it "
+            "(only --epochs may grow), or pick a new --output_dir."
         )
+    progress = read_progress(output_dir)
+    completed = progress["epochs_completed"] if progress else 0
+    if config["epochs"] < completed:
+        raise ValueError(
+            f"{output_dir} holds {completed} completed epochs; --epochs "
+            f"{config['epochs']} is fewer. Give --epochs {completed} or more "
+            "to continue the run, or pick a new --output_dir."
+        )
+
+
+def _finished(output_dir, config, chief):
+    """metrics.json of the finished run in `output_dir`, or None."""
+    progress = read_progress(output_dir)
+    if not progress or not progress.get("finished"):
+        return None
+    if not (progress["epochs_completed"] == config["epochs"]
+            or progress.get("terminated_on_nan")):
+        return None  # --epochs grew: continue
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    final = os.path.join(output_dir, "final.keras")
+    if not os.path.exists(metrics_path) or (chief and not os.path.exists(final)):
+        return None  # a record removed by hand: save it again
+    with open(metrics_path) as f:
+        return json.load(f)
 
 
 # ----------------------------------------------------------------------------
@@ -371,16 +552,12 @@ def _prepare(config, output_dir, strategy, tpu, devices):
         output_dir = os.path.join(output_dir, "workers", str(task_id))
     _check_resume(output_dir, config)
     metrics_path = os.path.join(output_dir, "metrics.json")
-    if os.path.exists(metrics_path) and os.path.exists(
-        os.path.join(output_dir, "final.keras")
-    ):
-        with open(metrics_path) as f:
-            done = json.load(f)
-        if done.get("epochs_completed") == config["epochs"]:
-            logger.warning("%s already holds the finished run; nothing to "
-                           "do (use a new --output_dir to train again).",
-                           output_dir)
-            return {"done": done}
+    done = _finished(output_dir, config, chief)
+    if done is not None:
+        logger.warning("%s already holds the finished run; nothing to do "
+                       "(raise --epochs to continue it, or use a new "
+                       "--output_dir to train again).", output_dir)
+        return {"done": done}
 
     policy = set_precision(config["precision"])
 
@@ -440,10 +617,9 @@ def _prepare(config, output_dir, strategy, tpu, devices):
     if tf_strategy is not None:
         distribute.patch_keras_for_multi_worker(trainee, tf_strategy)
     os.makedirs(output_dir, exist_ok=True)
-    for name in os.listdir(output_dir):  # Left by a kill mid-write.
-        if name.startswith(".tmp-"):
-            os.remove(os.path.join(output_dir, name))
-    atomic_write_text(os.path.join(output_dir, "config.json"),
+    for folder in (output_dir, os.path.join(output_dir, BACKUP)):
+        atomic.remove_temporaries(folder)  # left by a kill mid-write
+    atomic.write_text(os.path.join(output_dir, "config.json"),
                       json.dumps(config, indent=2, sort_keys=True))
     return dict(
         backend=backend, chief=chief, output_dir=output_dir,
@@ -478,23 +654,19 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
     output_dir, model, trainee = run["output_dir"], run["model"], run["trainee"]
     global_batch, info = run["global_batch"], run["info"]
     if run["chief"] and run["labels_text"]:  # export, predict, evaluate read it
-        atomic_write_text(os.path.join(output_dir, labels_lib.LABELS_FILE),
+        atomic.write_text(os.path.join(output_dir, labels_lib.LABELS_FILE),
                           run["labels_text"])
 
     throughput = Throughput(global_batch)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(
-            os.path.join(output_dir, "backup"), double_checkpoint=True
-        ),
-        keras.callbacks.TerminateOnNaN(),
-        EpochHistory(os.path.join(output_dir, "history.csv")),
-        throughput,
-    ]
+    record = RunRecord(output_dir, config, throughput)
+    callbacks = [throughput, record, keras.callbacks.TerminateOnNaN()]
     if config["ema"]:
-        # Validate and save with the averaged weights.
-        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        # Validate and save best.keras with the averaged weights; the backup
+        # (before the swap) keeps the trained weights in the model's place.
+        callbacks.insert(2, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if run["chief"]:
-        callbacks.append(BestModel(os.path.join(output_dir, "best.keras"), model))
+        callbacks.append(BestModel(os.path.join(output_dir, "best.keras"),
+                                   model, record))
     if run["backend"] == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(
             os.path.join(output_dir, "logs"), write_graph=False))
@@ -508,40 +680,45 @@ def train(config, output_dir, strategy="auto", tpu=None, devices=None,
         global_batch, run["steps_per_epoch"], run["policy"],
     )
     logger.info("%s.", recipes.learning_rate_rule(config, global_batch))
-    history = trainee.fit(
+    trainee.fit(
         run["train_ds"], validation_data=run["val_ds"],
         epochs=config["epochs"], steps_per_epoch=run["steps_per_epoch"],
         callbacks=callbacks, verbose=verbose,
         shuffle=False,  # The pipeline shuffles.
     )
-    nan = bool(history.history.get("loss")) and not np.all(
-        np.isfinite(history.history["loss"]))
+    _kill_point("after_fit")
+    losses = [row.get("loss") for row in record.rows]
+    nan = any(v is not None and not math.isfinite(v) for v in losses)
     results = trainee.evaluate(run["val_ds"], return_dict=True, verbose=0)
-    with open(os.path.join(output_dir, "history.csv"), newline="") as f:
-        epochs_completed = len(list(csv.DictReader(f)))
+    speed = throughput.images_per_second()
+    if speed is None:  # no epoch ran in this process: the recorded ones
+        recorded = [r["train_images_per_second"]
+                    for r in (record.rows[1:] or record.rows)
+                    if "train_images_per_second" in r]
+        speed = float(np.mean(recorded)) if recorded else None
     metrics = {
         "val_accuracy": float(results["accuracy"]),
         "val_top5_accuracy": float(results["top5_accuracy"]),
         "val_loss": float(results["loss"]),
-        "epochs_completed": epochs_completed,
+        "epochs_completed": record.epochs_completed,
         "epochs": config["epochs"],
-        "train_images_per_second": throughput.images_per_second(),
+        "train_images_per_second": speed,
         "wall_seconds": round(time.time() - start, 3),
         "num_replicas": run["num_replicas"],
         "global_batch": global_batch,
         "dtype_policy": run["policy"],
         "dataset": info.name,
         "classes": info.num_classes,
-        # Files skipped by the folder scans (a folder scanned for both
-        # splits counts once).
-        "skipped_files": sum({i.folder: i.skipped_files for i in (
-            info, run["val_info"])}.values()),
+        # Files skipped by the folder scans and decoding (a folder read for
+        # both splits counts once).
+        "skipped_files": len(info.skipped | run["val_info"].skipped),
         "terminated_on_nan": nan,
         "backend": run["backend"],
     }
     if run["chief"]:
-        atomic_save_model(model, os.path.join(output_dir, "final.keras"))
-    atomic_write_text(run["metrics_path"], json.dumps(metrics, indent=2))
+        atomic.save_model(model, os.path.join(output_dir, "final.keras"))
+    atomic.write_text(run["metrics_path"], json.dumps(metrics, indent=2))
+    record.finish(terminated_on_nan=nan)
     return metrics
 
 

@@ -685,8 +685,59 @@ def test_np_load_is_called_with_allow_pickle_false(tmp_path, monkeypatch):
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(np, "load", spy)
-    readers.read_npz(path)
-    assert calls and all(c.get("allow_pickle") is False for c in calls)
+    arrays = readers.read_npz(path)
+    assert not calls  # headers only so far
+    for array in arrays.values():
+        np.asarray(array)
+    assert len(calls) == len(arrays)
+    assert all(c.get("allow_pickle") is False for c in calls)
+
+
+def test_npz_headers_are_checked_before_any_array_is_decompressed(
+        tmp_path, monkeypatch):
+    """An .npz whose array inflates to 2 GiB from 2 MB: refused from its zip
+    entry (over MAX_MEMBER_BYTES); wrong names at conversion and a wrong
+    shape against the model, from the .npy headers: np.load never runs."""
+    import bombs
+
+    def mixer(path):
+        return keras_mixer.MLPMixer(
+            PATCH, DIM, BLOCKS, TOKENS_MLP, CHANNELS_MLP, weights=str(path),
+            input_shape=(SIZE, SIZE, CHANNELS), classes=CLASSES)
+
+    path = bombs.npz_with_bomb(tmp_path / "bomb.npz", flax_mixer_params(),
+                               "huge", (8, 1 << 26))
+    params = flax_mixer_params()
+    params["MixerBlock_1/channel_mixing/Dense_0/kernel"] = np.zeros(
+        (DIM, 7), np.float32)
+    shape_path = save_npz(tmp_path / "shape.npz", params)
+    vit_path = save_npz(tmp_path / "vit.npz", vit_npz_arrays())
+    # A member whose header declares less than it holds.
+    np.savez(tmp_path / "lie.npz", x=np.zeros(4, np.float32))
+    with zipfile.ZipFile(tmp_path / "lie.npz") as archive:
+        raw = archive.read("x.npy").replace(b"(4,)", b"(3,)")
+    with zipfile.ZipFile(tmp_path / "lie.npz", "w") as archive:
+        archive.writestr("x.npy", raw)
+
+    monkeypatch.setattr(np, "load", None)  # any decompression would fail
+    assert os.path.getsize(path) < 3e6
+    with pytest.raises(ValueError, match=r"array 'huge' decompresses to "
+                       r"2,147,483,776 bytes, over the limit of 1,073,741,824"):
+        checkpoints.read_checkpoint(path)
+    with pytest.raises(ValueError, match=r"shape.npz: tensor 'block_1/"
+                       r"channel_mixing/fc1/kernel' \(source key 'MixerBlock_1/"
+                       r"channel_mixing/Dense_0/kernel'\) has shape \(24, 7\)"):
+        mixer(shape_path)
+    with pytest.raises(ValueError, match="not an MLP-Mixer"):
+        checkpoints.read_checkpoint(vit_path)
+    with pytest.raises(ValueError, match=r"declares \(3,\) float32 \(140 "
+                       r"bytes\) but holds 144 bytes"):
+        readers.read_npz(tmp_path / "lie.npz")
+    monkeypatch.undo()
+    # With np.load back, the same files that pass those checks load.
+    model = mixer(save_npz(tmp_path / "good.npz", flax_mixer_params()))
+    np.testing.assert_array_equal(
+        model.get_layer("stem").proj.kernel, flax_mixer_params()["stem/kernel"])
 
 
 def test_torch_file_without_torch_says_how_to_fix(tmp_path, monkeypatch):

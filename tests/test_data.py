@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import bombs  # tests/bombs.py
 from keras_mixer import data
 
 
@@ -191,8 +192,10 @@ def test_image_folder_skips_and_counts_corrupt_files(folder, caplog):
     with caplog.at_level(logging.WARNING, logger="keras_mixer"):
         paths, labels, classes, skipped = data.scan_image_folder(folder)
     assert classes == ["daisy", "rose", "tulip"]
-    assert skipped == 4 and len(paths) == 32
+    assert len(skipped) == 4 and len(paths) == 32
     assert "Skipped 4 file(s)" in caplog.text
+    for name in ("empty.jpg", "truncated.jpg", "notes.jpg", "readme.txt"):
+        assert name in caplog.text  # each named
     assert np.bincount(labels).tolist() == [10, 12, 10]
 
 
@@ -224,17 +227,109 @@ def test_image_folder_with_train_and_val_subfolders(folder, tmp_path):
     assert info.num_examples == 32 and info.split == "validation"
 
 
-def test_undecodable_file_that_passes_the_byte_check_is_dropped(folder):
+def test_undecodable_file_is_named_counted_and_dropped(folder, caplog):
     # A PNG signature and IEND trailer around garbage: the byte check lets it
-    # through; decoding fails inside tf.data and the file is dropped.
-    (folder / "rose" / "garbage.png").write_bytes(
-        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"IEND\xaeB`\x82"
-    )
+    # through; decoding fails inside tf.data, the file is logged by path,
+    # counted and dropped, while the rest flows on.
+    garbage = folder / "rose" / "garbage.png"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"IEND\xaeB`\x82")
     _, _, _, skipped = data.scan_image_folder(folder)
-    assert skipped == 4
+    assert len(skipped) == 4
+    with caplog.at_level(logging.WARNING, logger="keras_mixer"):
+        ds, info = data.build_dataset(str(folder), "train", image_size=8,
+                                      batch_size=4, training=False)
+        # Read once while building (the cache): counted before training.
+        assert info.skipped_files == 5 and str(garbage) in info.skipped
+        assert f"Skipped unreadable image {garbage}" in caplog.text
+        assert info.num_examples == 30  # listed, one of them undecodable
+        assert sum(len(b[0]) for b in ds) == 29
+    # Uncached, the same happens as the pipeline runs.
     ds, info = data.source(str(folder), "train")
-    assert info.num_examples == 30  # listed, one of them undecodable
-    assert sum(1 for _ in ds) == 29
+    assert sum(1 for _ in ds) == 29 and str(garbage) in info.skipped
+
+
+def test_class_without_a_decodable_image_and_empty_folder_name(folder):
+    for path in (folder / "tulip").iterdir():
+        path.unlink()
+    (folder / "tulip" / "fake.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"IEND\xaeB`\x82")
+    with pytest.raises(ValueError, match="class folder.*tulip hold no readable"):
+        data.build_dataset(str(folder), "train", image_size=8, batch_size=4,
+                           training=True)
+    for name in ("folder:", "folder: "):
+        with pytest.raises(ValueError, match="names no folder: give folder:PATH"):
+            data.check_dataset_name(name)
+        with pytest.raises(ValueError, match="names no folder"):
+            data.source(name, "train")
+
+
+def test_folder_images_are_shrunk_before_the_cache(tmp_path):
+    """A 300x200 image for a 16 px model is held at a shorter side of 32."""
+    root = tmp_path / "big"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            _png(root / c / f"{i}.png", 100 + i, size=(200, 300))
+    ds, info = data.source(str(root), "train", image_size=16)
+    shapes = {tuple(image.shape) for image, _ in ds}
+    assert shapes == {(32, 48, 3)}
+    train, _ = data.build_dataset(str(root), "train", image_size=16,
+                                  batch_size=2, training=False)
+    images = np.concatenate([b[0] for b in train])
+    np.testing.assert_allclose(images[0], 100, atol=1)
+
+
+def _patched(blob, offset, value, size, order):
+    return blob[:offset] + value.to_bytes(size, order) + blob[offset + size:]
+
+
+def test_image_sizes_are_read_from_headers_and_bounded(monkeypatch):
+    """Each format's header is read (no decoding): JPEG's frame header, PNG's
+    IHDR, GIF's screen and first frame, BMP's info header. Over the limit:
+    InvalidArgumentError naming the image and the limit."""
+    from PIL import Image
+    import io
+
+    def encode(fmt, size=(12, 10), **kw):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (200, 30, 60)).save(buffer, fmt, **kw)
+        return buffer.getvalue()
+
+    jpeg, gif, bmp = encode("JPEG"), encode("GIF"), encode("BMP")
+    sof = jpeg.index(b"\xff\xc0") + 5
+    frame = gif.index(b"\x2c\x00\x00\x00\x00") + 5
+    huge = {
+        "jpeg": _patched(_patched(jpeg, sof, 40000, 2, "big"), sof + 2, 40000, 2, "big"),
+        "png": bombs.png_bomb(23000),
+        "gif screen": _patched(_patched(gif, 6, 40000, 2, "little"), 8, 40000, 2, "little"),
+        "gif frame": _patched(_patched(gif, frame, 40000, 2, "little"), frame + 2, 40000, 2, "little"),
+        "bmp": _patched(_patched(bmp, 18, 40000, 4, "little"), 22, 40000, 4, "little"),
+    }
+    for name, blob in huge.items():
+        size = "23000x23000" if name == "png" else "40000x40000"
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"{name} is {size} pixels, over the decoding "
+                           "limit of 67108864 pixels"):
+            data.decode_image(tf.constant(blob), what=name)
+    # An animated GIF is cut after its first frame: the decoder never reads
+    # the others.
+    frames = [Image.new("RGB", (12, 10), (i * 40, 0, 0)) for i in range(4)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    animated = buffer.getvalue()
+    kind, height, width, first = data.image_header(tf.constant(animated))
+    assert (int(kind), int(height), int(width)) == (3, 10, 12)
+    assert len(first.numpy()) < len(animated) / 2
+    np.testing.assert_array_equal(
+        data.decode_image(tf.constant(animated)),
+        tf.io.decode_gif(animated)[0])
+    # The limit is configurable.
+    monkeypatch.setenv(data.MAX_PIXELS_ENV, "100")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="small is 12x10 pixels, over the decoding limit "
+                       "of 100 pixels"):
+        data.decode_image(tf.constant(jpeg), what="small")
+    assert data.decode_image(tf.constant(jpeg), max_pixels=120).shape == (10, 12, 3)
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -242,6 +337,7 @@ def test_undecodable_file_that_passes_the_byte_check_is_dropped(folder):
     ("empty", "has no class sub-folders"),
     ("flat", "has no class sub-folders"),
     ("no_images", "but no readable image"),
+    ("one_class_empty", "class folder.*dogs hold no readable image"),
 ])
 def test_bad_image_folders_are_refused(tmp_path, layout, message):
     root = tmp_path / "data"
@@ -252,6 +348,11 @@ def test_bad_image_folders_are_refused(tmp_path, layout, message):
     if layout == "no_images":
         (root / "cats").mkdir()
         (root / "cats" / "list.txt").write_text("x")
+    if layout == "one_class_empty":
+        (root / "cats").mkdir()
+        _png(root / "cats" / "a.png", 1)
+        (root / "dogs").mkdir()
+        (root / "dogs" / "list.txt").write_text("x")
     with pytest.raises(ValueError, match=message):
         data.build_dataset(f"folder:{root}", "train", image_size=8,
                            batch_size=2, training=True)

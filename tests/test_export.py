@@ -29,6 +29,9 @@ sys.path.insert(0, os.path.join(ROOT, "export"))
 import grpc_client  # noqa: E402
 import rest_client  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bombs  # noqa: E402
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 LABELS = [f"class_{i}" for i in range(10)]
 
@@ -130,14 +133,93 @@ def test_image_bytes_decodes_any_format_and_size(served, small_model):
     np.testing.assert_allclose(np.sum(out["probabilities"], 1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [b"", b"not an image", b"\x89PNG\r\n\x1a\n broken"])
-def test_bad_bytes_fail_their_request_only(served, bad):
+@pytest.mark.parametrize("bad, message", [
+    (b"", r"image_bytes\[1\] is not a JPEG, PNG, GIF or BMP image"),
+    (b"not an image", r"image_bytes\[1\] is not a JPEG, PNG, GIF or BMP"),
+    (b"\x89PNG\r\n\x1a\n broken", r"image_bytes\[1\] is not a .* header is damaged"),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x20\0\0\0\x20\x08\x02\0\0\0broken",
+     r"image_bytes\[1\] could not be decoded"),
+    (bombs.png_bomb(23000), r"image_bytes\[1\] is 23000x23000 pixels, over "
+     r"the decoding limit of 67108864 pixels"),
+])
+def test_bad_bytes_fail_their_request_naming_the_element(served, bad, message):
     _, loaded = served
     good = _encode(np.full((30, 40, 3), 128, np.uint8), "PNG")
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures["image_bytes"](image_bytes=tf.constant([good, bad]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures["image_bytes"](
+            image_bytes=tf.constant([good, bad, good]))
     out = loaded.signatures["image_bytes"](image_bytes=tf.constant([good]))
     assert out["probabilities"].shape == (1, 10)
+
+
+_BOMB_MEMORY = """
+import json, os, sys
+import numpy as np, tensorflow as tf
+sys.path.insert(0, sys.argv[3])
+import bombs
+from keras_mixer import data, export
+
+def rss(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+folder, saved = sys.argv[1], sys.argv[2]
+small = tf.io.encode_png(np.full((40, 50, 3), 90, np.uint8)).numpy()
+bomb = bombs.png_bomb(23000)
+for name, content in (("warm/a/1.png", small), ("warm/b/1.png", small),
+                      ("bomb/a/1.png", small), ("bomb/a/2.png", bomb),
+                      ("bomb/b/1.png", small)):
+    os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+    open(os.path.join(folder, name), "wb").write(content)
+signature = tf.saved_model.load(saved).signatures["image_bytes"]
+
+def serve(blob):
+    signature(image_bytes=tf.constant([blob]))
+
+def predict(blob):
+    export.decode_and_resize(tf.constant(blob), 64, 64, what="bomb.png")
+
+def folder_dataset(name):
+    ds, info = data.build_dataset(os.path.join(folder, name), "train",
+                                  image_size=16, batch_size=1, training=True)
+    list(ds.take(4))
+    return info.skipped_files
+
+result = {}
+for path, warm, go in (("image_bytes", lambda: serve(small), lambda: serve(bomb)),
+                       ("predict", lambda: predict(small), lambda: predict(bomb)),
+                       ("folder", lambda: folder_dataset("warm"),
+                        lambda: folder_dataset("bomb"))):
+    warm()
+    idle = rss("VmRSS")
+    open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM)
+    try:
+        outcome = go()
+    except tf.errors.InvalidArgumentError as error:
+        outcome = error.message
+    result[path] = [rss("VmHWM") - idle, str(outcome)]
+print(json.dumps(result))
+"""
+
+
+def test_png_bomb_is_refused_from_its_header_in_bounded_memory(served, tmp_path):
+    """A 1.5 MB PNG of 23000x23000 pixels (1.59 GB decoded, 6.3 GB as
+    float32): each way in refuses it from its header, and the process's peak
+    memory stays within 100 MiB of its idle size (the issue's bound: 1.5 GB)."""
+    path, _ = served
+    result = subprocess.run(
+        [sys.executable, "-c", _BOMB_MEMORY, str(tmp_path), path,
+         os.path.dirname(__file__)],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    limit = "is 23000x23000 pixels, over the decoding limit of 67108864 pixels"
+    assert "image_bytes[0] " + limit in report["image_bytes"][1]
+    assert "bomb.png " + limit in report["predict"][1]
+    assert report["folder"][1] == "1"  # skipped and counted
+    for path, (growth, _) in report.items():
+        assert growth < 100 * 2**20, (path, growth)
 
 
 def test_saved_model_cli_shows_the_contract(served):
@@ -191,7 +273,9 @@ def test_full_size_b16_exports_and_serves(tmp_path):
     for v in model.weights:  # a non-zero head, so outputs differ per image
         if v.path.startswith("head"):
             v.assign(np.random.default_rng(0).normal(0, 0.02, v.shape))
-    path = export.save_for_serving(model, str(tmp_path / "mixer_b16"))
+    # The test reloads and compares itself (what check=True does).
+    path = export.save_for_serving(model, str(tmp_path / "mixer_b16"),
+                                   check=False)
     loaded = tf.saved_model.load(path)
     x = _images(2, size=224)
     out = loaded.signatures["serving_default"](images=tf.constant(x))
@@ -215,7 +299,8 @@ def test_h14_exports_past_the_protobuf_limit(tmp_path):
     """Mixer-H/14: 432M parameters, 1.7 GB of float32 (about 25 s and 6.5 GB
     of memory on two cores)."""
     model = keras_mixer.MixerH14()
-    path = export.save_for_serving(model, str(tmp_path / "mixer_h14"))
+    path = export.save_for_serving(model, str(tmp_path / "mixer_h14"),
+                                   check=False)
     _check_weights_stored_once(path, 432_350_952)
     loaded = tf.saved_model.load(path)
     x = _images(1, size=224)
@@ -278,6 +363,74 @@ def test_tflite_checks(small_model, tmp_path):
     with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
         export.to_tflite(small_model, str(tmp_path / "x.tflite"), "int4")
     assert not (tmp_path / "x.tflite").exists()
+
+
+def _tree(path):
+    """{relative path: (mode, bytes)} of a file or folder."""
+    if os.path.isfile(path):
+        return {"": (os.stat(path).st_mode & 0o777, open(path, "rb").read())}
+    tree = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            content = open(full, "rb").read() if name in files else None
+            tree[os.path.relpath(full, path)] = (os.stat(full).st_mode & 0o777,
+                                                 content)
+    return tree
+
+
+def test_a_failed_check_leaves_what_was_there(tmp_path, monkeypatch):
+    """Exports go to a temporary name and replace the destination only once
+    their check passes: a failing check leaves the previous version or file
+    byte for byte, and no temporary. Modes are `cp -r`'s."""
+    model = _randomise(keras_mixer.MLPMixer(4, 16, 1, 8, 32,
+                                            input_shape=(16, 16, 3), classes=3))
+    old_umask = os.umask(0o022)
+    try:
+        version = export.save_for_serving(model, str(tmp_path / "m"),
+                                          version=1, top_k=1)
+        tflite = str(tmp_path / "m.tflite")
+        export.to_tflite(model, tflite, measure_latency=False)
+    finally:
+        os.umask(old_umask)
+    before = _tree(version), _tree(tflite)
+    assert {mode for mode, content in before[0].values() if content is None} == {0o755}
+    assert {mode for mode, content in before[0].values() if content} == {0o644}
+    assert before[1][""][0] == 0o644
+
+    monkeypatch.setattr(export, "SAVED_MODEL_TOLERANCE", -1.0)
+    monkeypatch.setitem(export.TFLITE_TOLERANCE, "none", -1.0)
+    with pytest.raises(RuntimeError, match="SavedModel .* differs .* not "
+                       "written and what was there is unchanged"):
+        export.save_for_serving(model, str(tmp_path / "m"), version=1,
+                                top_k=1, overwrite=True)
+    with pytest.raises(RuntimeError, match="TFLite .* differs"):
+        export.to_tflite(model, tflite, measure_latency=False)
+    assert (_tree(version), _tree(tflite)) == before
+    assert sorted(os.listdir(tmp_path)) == ["m", "m.tflite"]
+    assert os.listdir(tmp_path / "m") == ["1"]  # no temporaries left
+    # LiteRT would run a 20x20 image on this 16x16 model, dropping pixels.
+    with pytest.raises(ValueError, match=r"takes images \[batch, 16, 16, 3\]; "
+                       r"got shape \(1, 20, 20, 3\)"):
+        export.run_tflite(tflite, _images(1, size=20))
+
+
+def test_non_finite_weights_are_refused_before_export(tmp_path):
+    model = keras_mixer.MLPMixer(4, 16, 1, 8, 32, input_shape=(16, 16, 3),
+                                 classes=3)
+    kernel = model.get_layer("block_0").channel_mixing.fc1.kernel
+    kernel.assign(np.where(np.eye(*kernel.shape) > 0, np.inf, 0.0))
+    message = r"tensor 'block_0/channel_mixing/fc1/kernel' holds 16 NaN/Inf"
+    with pytest.raises(ValueError, match=message):
+        export.save_for_serving(model, str(tmp_path / "m"))
+    with pytest.raises(ValueError, match=message):
+        export.to_tflite(model, str(tmp_path / "m.tflite"))
+    with pytest.raises(ValueError, match=message):
+        export.to_onnx(model, str(tmp_path / "m.onnx"))
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match=message):
+        export.load_predictor(str(tmp_path / "m.keras"))
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]
 
 
 # ----------------------------------------------------------------------------

@@ -18,10 +18,11 @@ PACKAGE = "keras_mixer"
 # module's own part is always allowed). The model side sits on top of the
 # checkpoint side, which works on variable paths and arrays only.
 ALLOWED = {
+    "keras_mixer.atomic": (),
     "keras_mixer.checks": (),
     "keras_mixer.presets": (),
     "keras_mixer.layers": ("keras_mixer.checks",),
-    "keras_mixer.checkpoints": ("keras_mixer.presets",),
+    "keras_mixer.checkpoints": ("keras_mixer.atomic", "keras_mixer.presets"),
     "keras_mixer.models": (
         "keras_mixer.checks", "keras_mixer.layers", "keras_mixer.checkpoints",
         "keras_mixer.presets",

@@ -155,12 +155,60 @@ def test_download_then_cache_hit(served):
     assert server.requests == ["/file.npz"]  # no second download
 
 
-def test_checksum_mismatch_removes_the_file(served, monkeypatch):
+def test_checksum_mismatch_of_a_download_keeps_nothing(served, monkeypatch):
     server, entry, payload = served
     monkeypatch.setitem(entry, "sha256", "0" * 64)
-    with pytest.raises(ValueError, match="Checksum mismatch .* was removed"):
+    with pytest.raises(ValueError, match="Checksum mismatch for the download "
+                       ".* discarded; nothing was kept"):
         download.fetch("MixerS32", "test")
-    assert not os.path.exists(os.path.join(download.cache_dir(), "test_file.npz"))
+    assert os.listdir(download.cache_dir()) == []  # no file, no temporary
+
+
+def test_damaged_download_is_fetched_again(served, monkeypatch):
+    """A file keras_mixer downloaded carries a record (its sha256): damaged
+    in place later, it is removed and fetched again, even where the table
+    has no hash (Google's .npz files)."""
+    server, entry, payload = served
+    monkeypatch.setitem(entry, "sha256", None)
+    path = download.fetch("MixerS32", "test")
+    stat = os.stat(path)
+    with open(path, "r+b") as f:  # bit rot: same inode, same mtime
+        f.write(b"X")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert download.fetch("MixerS32", "test") == path
+    assert open(path, "rb").read() == payload
+    assert server.requests == ["/file.npz", "/file.npz"]
+
+
+def test_users_file_with_a_bad_checksum_is_reported_never_removed(
+        served, tmp_path, monkeypatch):
+    server, entry, payload = served
+    local = tmp_path / "local"
+    local.mkdir()
+    own = tmp_path / "elsewhere.npz"
+    own.write_bytes(b"the user's own bytes")
+    monkeypatch.setenv("KERAS_MIXER_WEIGHTS_DIR", str(local))
+    for kind in ("file", "symlink"):
+        target = local / "test_file.npz"
+        if kind == "file":
+            target.write_bytes(b"the user's own bytes")
+        else:
+            target.unlink()
+            target.symlink_to(own)
+        with pytest.raises(ValueError, match="Checksum mismatch .* left in "
+                           "place"):
+            download.fetch("MixerS32", "test")
+        assert target.read_bytes() == b"the user's own bytes"
+        assert target.is_symlink() == (kind == "symlink")
+    # In the cache too: a file copied over a download is the user's.
+    monkeypatch.delenv("KERAS_MIXER_WEIGHTS_DIR")
+    path = download.fetch("MixerS32", "test")
+    with open(path, "wb") as f:
+        f.write(b"copied over it")
+    with pytest.raises(ValueError, match="left in place"):
+        download.fetch("MixerS32", "test")
+    assert open(path, "rb").read() == b"copied over it"
+    assert server.requests == ["/file.npz"]
 
 
 def test_hash_prefix_in_file_name_is_verified(served, monkeypatch):
@@ -300,6 +348,29 @@ def test_checkpoint_of_another_family_is_refused_before_building(tmp_path):
     to_official_npz(source, path)
     with pytest.raises(ValueError, match="is a mixer checkpoint .* but 'resmlp_12' is a resmlp model"):
         keras_mixer.ResMLP12(weights=str(path), input_shape=(32, 32, 3))
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    """A checkpoint or .weights.h5 holding NaN/Inf is refused, the tensor
+    named, whatever the format."""
+    def build(weights=None):
+        return keras_mixer.MLPMixer(4, 16, 2, 8, 32, input_shape=(16, 16, 3),
+                                    classes=7, weights=weights)
+
+    source = build()
+    _randomise(source)
+    bias = source.get_layer("block_1").token_mixing.fc2.bias
+    bias.assign(np.where(np.arange(bias.shape[0]) == 0, np.nan, 0.0))
+    npz = tmp_path / "mixer.npz"
+    to_official_npz(source, npz)
+    with pytest.raises(ValueError, match=r"mixer.npz: tensor "
+                       r"'block_1/token_mixing/fc2/bias' holds 1 NaN/Inf"):
+        build(str(npz))
+    h5 = str(tmp_path / "mixer.weights.h5")
+    source.save_weights(h5)
+    with pytest.raises(ValueError, match=r"tensor 'block_1/token_mixing/fc2/"
+                       "bias' holds 1 NaN/Inf"):
+        build(h5)
 
 
 def test_decode_predictions():

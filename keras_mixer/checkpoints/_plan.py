@@ -23,7 +23,8 @@ class Checkpoint:
     """Converted weights.
 
     Attributes:
-        tensors: {keras variable path: np.ndarray in Keras layout}.
+        tensors: {keras variable path: np.ndarray in Keras layout, or a
+            `LazyArray` read on first use}.
         family: the model family the tensors are for ("mixer", "resmlp"),
             compared with the model's before anything is built.
         source: the layout they were read from ("flax", "timm", "deit",
@@ -64,6 +65,35 @@ class Checkpoint:
     @property
     def hidden_dim(self):
         return int(self.tensors["stem/proj/kernel"].shape[-1])
+
+
+class LazyArray:
+    """An array known by its shape and dtype and read on first use
+    (`np.asarray`): an `.npz` member, whose shape is checked against the
+    model's variable before anything is decompressed."""
+
+    def __init__(self, shape, dtype, read):
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self._read = read
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        array = self._read()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def then(self, transform):
+        """This array through a layout `transform`, still unread: the new
+        shape comes from the transform of a view that holds no data."""
+        if not np.issubdtype(self.dtype, np.floating):
+            raise ValueError(
+                f"expected floating-point values, got dtype {self.dtype}")
+        view = np.broadcast_to(np.zeros((), self.dtype), self.shape)
+        return LazyArray(transform(view).shape, np.float32,
+                         lambda: as_float32(transform(self._read())))
 
 
 def format_keys(keys, limit=8):
@@ -151,23 +181,15 @@ def as_float32(array):
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
-    """Converts `arrays` ({source key: array}) with `plan`.
+def check_keys(present, plan, what, optional=HEAD_KEYS):
+    """Refuses source keys `present` that do not match `plan`.
 
-    Every key of `arrays` must be in the plan and every key of the plan in
-    `arrays`, except the `optional` ones, which are absent or present all
-    together.
-
-    Args:
-        arrays: the source dict.
-        plan: {source key: (keras path, transform)} for every key expected.
-        what: e.g. "timm MLP-Mixer", for messages.
-        optional: Keras paths that may be absent, all together (the head).
-
-    Returns:
-        ({keras path: float32 array}, {keras path: source key}).
+    Every key present must be in the plan and every key of the plan present,
+    except the `optional` ones, which are absent or present all together.
+    Works on names alone, so a reader can check them before it decompresses
+    anything.
     """
-    present = set(arrays)
+    present = set(present)
     unknown = present - set(plan)
     optional_sources = {s for s, (k, _) in plan.items() if k in optional}
     missing = [s for s in plan if s not in present and s not in optional_sources]
@@ -194,12 +216,32 @@ def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
             f"incomplete {what} checkpoint: it has {format_keys(head_present)} "
             f"but not {format_keys(optional_sources - head_present)}."
         )
+
+
+def apply_plan(arrays, plan, what, optional=HEAD_KEYS):
+    """Converts `arrays` ({source key: array}) with `plan`, after
+    `check_keys`.
+
+    Args:
+        arrays: the source dict.
+        plan: {source key: (keras path, transform)} for every key expected.
+        what: e.g. "timm MLP-Mixer", for messages.
+        optional: Keras paths that may be absent, all together (the head).
+
+    Returns:
+        ({keras path: float32 array}, {keras path: source key}).
+    """
+    check_keys(arrays, plan, what, optional)
+    present = set(arrays)
     tensors, origin = {}, {}
     for source, (path, transform) in plan.items():
         if source not in present:
             continue
         try:
-            tensors[path] = as_float32(transform(np.asarray(arrays[source])))
+            array = arrays[source]
+            tensors[path] = (
+                array.then(transform) if isinstance(array, LazyArray)
+                else as_float32(transform(np.asarray(array))))
         except ValueError as error:
             raise ValueError(
                 f"{what} checkpoint: key {source!r}: {error}."

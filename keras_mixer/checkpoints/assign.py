@@ -7,14 +7,40 @@ allowed, each logged or described: the head, skipped when the model has none
 or another number of classes; and the token-mixing tensors named in
 `token_axes`, grown block-diagonally when the model's patch grid is an
 integer multiple of the checkpoint's (`keras_mixer.checkpoints.resize`).
+NaN and Inf values are refused, naming the tensor.
 """
 
 import logging
+
+import numpy as np
+
+import keras
 
 from keras_mixer.checkpoints import resize
 from keras_mixer.checkpoints._plan import HEAD_KEYS
 
 logger = logging.getLogger("keras_mixer")
+
+
+def check_finite(tensors, origin):
+    """Refuses NaN or Inf values: `tensors` is a model (its weights) or a
+    {name: array} dict. The ValueError names the first such tensor."""
+    if hasattr(tensors, "weights"):
+        items = ((v.path, v) for v in tensors.weights)
+    else:
+        items = tensors.items()
+    for name, value in items:
+        array = np.asarray(keras.ops.convert_to_numpy(value))
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(
+                f"{origin}: tensor {name!r} holds {array.size - finite.sum()} "
+                f"NaN/Inf value(s) of {array.size}; refused. The file is "
+                "damaged or comes from a run that diverged: use another "
+                "checkpoint (e.g. best.keras, or an earlier one)."
+            )
 
 
 def _skip_head(model, checkpoint):
@@ -80,6 +106,9 @@ def assign_checkpoint(model, checkpoint, grid=None, token_axes=None):
     if skip_head:
         for path in HEAD_KEYS:
             tensors.pop(path, None)
+    # Every name and shape first, against the variables; nothing is read yet
+    # where the tensors are lazy (an .npz's arrays decompress below).
+    planned = []
     for variable in model.weights:
         path = variable.path
         if skip_head and path in HEAD_KEYS:
@@ -92,18 +121,11 @@ def assign_checkpoint(model, checkpoint, grid=None, token_axes=None):
                 "a truncated file."
             )
         value = tensors.pop(path)
-        if value.shape != expected and path in token_axes and grid is not None:
-            old_grid = _trained_grid(checkpoint, token_axes)
-            value = resize.expand(value, token_axes[path], old_grid, grid)
-        if value.shape != expected:
-            key = checkpoint.source_keys.get(path)
-            found_as = f" (source key {key!r})" if key else ""
-            raise ValueError(
-                f"{origin}: tensor {path!r}{found_as} has shape {value.shape}, "
-                f"the model expects {expected}: the checkpoint is of another "
-                "architecture (size, patch or depth)."
-            )
-        variable.assign(value.astype(variable.dtype))
+        grows = (value.shape != expected and path in token_axes
+                 and grid is not None and _divides(value.shape, expected))
+        if value.shape != expected and not grows:
+            raise _mismatch(checkpoint, path, value.shape, expected)
+        planned.append((variable, value, grows))
     if tensors:
         extra = sorted(tensors)
         raise ValueError(
@@ -111,3 +133,31 @@ def assign_checkpoint(model, checkpoint, grid=None, token_axes=None):
             f"{extra[:3]}: it is a checkpoint of another architecture (e.g. "
             "more blocks)."
         )
+    # Then one tensor at a time: read, check, grow, assign.
+    for variable, value, grows in planned:
+        path, expected = variable.path, tuple(variable.shape)
+        value = np.asarray(value)
+        check_finite({path: value}, origin)
+        if grows:
+            old_grid = _trained_grid(checkpoint, token_axes)
+            value = resize.expand(value, token_axes[path], old_grid, grid)
+            if value.shape != expected:
+                raise _mismatch(checkpoint, path, value.shape, expected)
+        variable.assign(value.astype(variable.dtype))
+
+
+def _divides(found, expected):
+    """Whether each side of `found` divides the same side of `expected` (a
+    tensor that can grow into the variable)."""
+    return len(found) == len(expected) and all(
+        f and e % f == 0 for f, e in zip(found, expected))
+
+
+def _mismatch(checkpoint, path, found, expected):
+    key = checkpoint.source_keys.get(path)
+    found_as = f" (source key {key!r})" if key else ""
+    return ValueError(
+        f"{checkpoint.origin}: tensor {path!r}{found_as} has shape "
+        f"{tuple(found)}, the model expects {expected}: the checkpoint is of "
+        "another architecture (size, patch or depth)."
+    )

@@ -3,17 +3,24 @@
 A name of `keras_mixer.presets.WEIGHTS` is resolved to a local file
 (`KERAS_MIXER_WEIGHTS_DIR`, then the Keras cache, then a download through
 `keras.utils.get_file`) whose sha256 (or the hash prefix in its published
-name) is verified.
+name) is verified. A file keras_mixer downloaded itself carries a record
+(`<file>.download.json`): a damaged download of its own is fetched again,
+while a mismatching file the user placed is reported and never removed.
 """
 
 import dataclasses
 import hashlib
+import json
+import logging
 import os
 import re
 
 import keras
 
+from keras_mixer import atomic
 from keras_mixer import presets
+
+logger = logging.getLogger("keras_mixer")
 
 
 def expected_hash(entry):
@@ -30,19 +37,59 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def verify_file(path, entry):
-    """Checks the file against the entry's sha256 or hash prefix; a mismatch
-    removes the file and raises ValueError."""
+# Beside each file keras_mixer downloaded itself: `<file>.download.json`, its
+# URL, sha256 and identity (device, inode, mtime) when it was written.
+DOWNLOAD_RECORD = ".download.json"
+
+
+def _identity(path):
+    stat = os.stat(path)
+    return [stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size]
+
+
+def download_record(path):
+    """The record of a file keras_mixer downloaded itself and nothing has
+    replaced since, or None: a file placed by the user, a symlink, a file
+    copied over the download."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path + DOWNLOAD_RECORD) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if record.get("identity") != _identity(path):
+        return None
+    return record
+
+
+def checksum_problem(path, entry, record=None, actual=None):
+    """None when `path` matches the entry's sha256 or hash prefix (and, for a
+    download, the sha256 recorded when it was fetched), else what is wrong.
+    `actual`: the file's sha256 when already computed."""
     full, prefix = expected_hash(entry)
-    if not full and not prefix:
-        return
-    actual = _sha256(path)
-    if (full and actual != full) or (prefix and not actual.startswith(prefix)):
-        os.remove(path)
+    recorded = record.get("sha256") if record else None
+    if not (full or prefix or recorded):
+        return None
+    actual = actual or _sha256(path)
+    for expected in (full, recorded):
+        if expected and actual != expected:
+            return f"expected sha256 {expected}, got {actual}"
+    if prefix and not actual.startswith(prefix):
+        return f"expected sha256 {prefix}..., got {actual}"
+    return None
+
+
+def verify_file(path, entry):
+    """Checks a file the user placed against the entry's sha256 or hash
+    prefix; a mismatch raises ValueError and leaves the file alone."""
+    problem = checksum_problem(path, entry)
+    if problem:
         raise ValueError(
-            f"Checksum mismatch for {path} (from {entry['url']}): expected "
-            f"sha256 {full or prefix + '...'}, got {actual}. The file was "
-            "removed; download it again (a partial or altered download)."
+            f"Checksum mismatch for {path} ({problem}); it should be "
+            f"{entry['url']}. keras_mixer did not download this file, so it "
+            "was left in place: replace it with a good copy, or remove it "
+            "to download the file."
         )
 
 
@@ -52,26 +99,17 @@ def cache_dir():
     return os.path.join(home, "models", "keras_mixer")
 
 
-def fetch(model_name, weights_name):
-    """Returns the local path of a table entry's file, downloading it if
-    needed. `KERAS_MIXER_WEIGHTS_DIR` is looked at first, then the Keras
-    cache; a download goes through `keras.utils.get_file`."""
-    entry = presets.WEIGHTS[model_name][weights_name]
-    local_dir = os.environ.get("KERAS_MIXER_WEIGHTS_DIR")
-    if local_dir:
-        path = os.path.join(local_dir, entry["filename"])
-        if os.path.exists(path):
-            verify_file(path, entry)
-            return path
+def _download(model_name, weights_name, entry):
+    """Downloads to a temporary name, verifies, records, renames; a
+    mismatching download is removed (it is ours) and nothing is kept."""
     cached = os.path.join(cache_dir(), entry["filename"])
-    if os.path.exists(cached):
-        verify_file(cached, entry)
-        return cached
     # get_file falls back to /tmp/.keras when the folder does not exist yet.
     os.makedirs(cache_dir(), exist_ok=True)
+    atomic.remove_temporaries(cache_dir(), stale_only=True)
+    name = os.path.basename(atomic.temporary_name(cached))
     try:
-        path = keras.utils.get_file(
-            fname=entry["filename"],
+        tmp = keras.utils.get_file(
+            fname=name,
             origin=entry["url"],
             cache_dir=os.path.dirname(os.path.dirname(cache_dir())),
             cache_subdir=os.path.join("models", "keras_mixer"),
@@ -84,8 +122,58 @@ def fetch(model_name, weights_name):
             f"named by KERAS_MIXER_WEIGHTS_DIR, as {entry['filename']}), or "
             "pass its path as weights=..."
         ) from None
-    verify_file(path, entry)
+    path = os.path.join(os.path.dirname(tmp), entry["filename"])
+    try:
+        actual = _sha256(tmp)
+        problem = checksum_problem(tmp, entry, actual=actual)
+        if problem:
+            raise ValueError(
+                f"Checksum mismatch for the download of {entry['url']} "
+                f"({problem}): a partial or altered download. It was "
+                "discarded; nothing was kept. Try again, or download the file "
+                f"elsewhere and put it at {path}."
+            )
+        record = {"url": entry["url"], "sha256": actual,
+                  "identity": _identity(tmp)}  # a rename keeps the identity
+        atomic.write_text(path + DOWNLOAD_RECORD, json.dumps(record))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def fetch(model_name, weights_name):
+    """Returns the local path of a table entry's file, downloading it if
+    needed. `KERAS_MIXER_WEIGHTS_DIR` is looked at first, then the Keras
+    cache; a download goes through `keras.utils.get_file`.
+
+    Checksums: the entry's sha256 or hash prefix, and for a file keras_mixer
+    downloaded itself also the sha256 recorded then. A mismatching download
+    of keras_mixer's own is removed and fetched again; a mismatching file the
+    user placed (or a symlink) is reported and never removed."""
+    entry = presets.WEIGHTS[model_name][weights_name]
+    local_dir = os.environ.get("KERAS_MIXER_WEIGHTS_DIR")
+    if local_dir:
+        path = os.path.join(local_dir, entry["filename"])
+        if os.path.exists(path):
+            verify_file(path, entry)
+            return path
+    cached = os.path.join(cache_dir(), entry["filename"])
+    if os.path.exists(cached):
+        record = download_record(cached)
+        if record is None:
+            verify_file(cached, entry)
+            return cached
+        problem = checksum_problem(cached, entry, record)
+        if not problem:
+            return cached
+        logger.warning("%s, downloaded by keras_mixer, is damaged (%s); "
+                       "downloading it again.", cached, problem)
+        os.remove(cached)
+        os.remove(cached + DOWNLOAD_RECORD)
+    return _download(model_name, weights_name, entry)
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from keras_mixer.checkpoints import _plan
 
 # What `read_checkpoint` says a file of this layout has, when none matches.
 EXPECTED = "Flax names ('stem/kernel', 'MixerBlock_0/...')"
+WHAT = "Flax MLP-Mixer"
 PREFIXES = ("opt/target/", "optimizer/target/", "params/")
 _MODULE_NUM = re.compile(r"^(.*)_(\d+)$")
 
@@ -130,19 +131,15 @@ def _key_plan(names):
     return plan, blocks
 
 
-def convert(arrays):
-    """Converts the arrays of an official MLP-Mixer `.npz` to a Checkpoint.
-
-    Args:
-        arrays: {name: array}, e.g. from `readers.read_npz`.
-
-    Returns:
-        `Checkpoint(family="mixer", source="flax", approximate_gelu=True)`.
+def check_keys(arrays):
+    """Checks that the names of {name: array or header spec} are those of one
+    MLP-Mixer in Flax layout; returns `(normalized {name: value}, plan)`.
+    Names only: `keras_mixer.checkpoints` calls it on an `.npz`'s headers
+    before any array is decompressed.
 
     Raises:
-        ValueError: the arrays are not those of one MLP-Mixer (another
-            architecture such as a ViT, missing or extra arrays, shapes that do
-            not fit together).
+        ValueError: another architecture (such as a ViT), missing or extra
+            arrays.
     """
     original = list(arrays)
     try:
@@ -157,7 +154,25 @@ def convert(arrays):
             f"{_plan.format_keys(original)}."
             + _plan.wrong_architecture_hint(original)
         )
-    tensors, origin = _plan.apply_plan(names, plan, "Flax MLP-Mixer")
+    _plan.check_keys(names, plan, WHAT)
+    return names, plan
+
+
+def convert(arrays):
+    """Converts the arrays of an official MLP-Mixer `.npz` to a Checkpoint.
+
+    Args:
+        arrays: {name: array}, e.g. from `readers.read_npz`.
+
+    Returns:
+        `Checkpoint(family="mixer", source="flax", approximate_gelu=True)`.
+
+    Raises:
+        ValueError: the arrays are not those of one MLP-Mixer (another
+            architecture such as a ViT, missing or extra arrays).
+    """
+    names, plan = check_keys(arrays)
+    tensors, origin = _plan.apply_plan(names, plan, WHAT)
     return _plan.Checkpoint(
         tensors=tensors, family="mixer", source="flax", approximate_gelu=True,
         source_keys=origin,

@@ -11,11 +11,13 @@ layouts: the key maps (`flax_mixer`, `timm_mlp_mixer`, `deit_resmlp`) turn
 the names into variable paths.
 """
 
+import functools
 import os
 import zipfile
 
 import numpy as np
 
+from keras_mixer.checkpoints._plan import LazyArray
 from keras_mixer.checkpoints._plan import format_keys
 
 
@@ -101,24 +103,96 @@ def detect_container(path):
     )
 
 
-def read_npz(path):
-    """Reads an `.npz` file into {name: array}, never unpickling anything.
+# The largest array read from an .npz, decompressed: 1 GiB (the largest
+# official array, Mixer-L/16's 21k-class head, is 89 MB), and the largest
+# archive: 4 GiB (the largest official file holds 0.9 GB).
+MAX_MEMBER_BYTES = 1 << 30
+MAX_NPZ_BYTES = 4 << 30
+
+
+def _npy_header(f):
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format {version} unsupported")
+    return tuple(shape), dtype
+
+
+def read_npz(path, max_member_bytes=MAX_MEMBER_BYTES,
+             max_total_bytes=MAX_NPZ_BYTES):
+    """{name: LazyArray} of an `.npz` file, never unpickling anything.
+
+    Only the zip directory and the `.npy` headers are read here (a few bytes
+    of each member decompressed); each array is read from the file, with
+    `np.load(allow_pickle=False)`, when it is first used, after its name and
+    shape were checked against the model.
 
     Raises:
-        ValueError: the file is not a readable `.npz` (truncated, corrupt, not
-            a zip of `.npy` arrays) or holds pickled Python objects.
+        ValueError: not a readable zip of unique `.npy` arrays, an object
+            array (a pickle), an array over `max_member_bytes` or arrays over
+            `max_total_bytes` decompressed, or a member whose size is not the
+            one its header declares.
     """
     try:
-        data = np.load(path, allow_pickle=False)
+        archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise
-    except Exception as error:  # noqa: BLE001 - every decoding failure
-        raise _refused_or_unreadable(path, error) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise _unreadable(path, "it holds a single array, not an archive")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise _unreadable(path, error) from None
+    specs, total = {}, 0
+    with archive:
+        for info in archive.infolist():
+            member = info.filename
+            if not member.endswith(".npy") or member[:-4] in specs:
+                raise _unreadable(
+                    path, f"member {member!r} is not a unique .npy array")
+            if info.compress_type not in (zipfile.ZIP_STORED,
+                                          zipfile.ZIP_DEFLATED):
+                raise _unreadable(
+                    path, f"member {member!r} uses zip compression "
+                    f"{info.compress_type}")
+            total += info.file_size
+            for size, limit, what in (
+                (info.file_size, max_member_bytes,
+                 f"array {member[:-4]!r} decompresses"),
+                (total, max_total_bytes, "its arrays decompress"),
+            ):
+                if size > limit:
+                    raise ValueError(
+                        f"{path}: {what} to {size:,} bytes, over "
+                        f"the limit of {limit:,}; refused before "
+                        "decompressing. Official MLP-Mixer files hold under "
+                        "1 GB, none of their arrays over 100 MB."
+                    )
+            try:
+                with archive.open(info) as f:
+                    shape, dtype = _npy_header(f)
+                    offset = f.tell()
+            except Exception as error:  # noqa: BLE001 - zlib, format errors
+                raise _unreadable(path, f"member {member!r}: {error}") from None
+            if dtype.hasobject:
+                raise _refused_or_unreadable(
+                    path, ValueError("Object arrays need allow_pickle"))
+            declared = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if declared != info.file_size:
+                raise _unreadable(
+                    path, f"member {member!r} declares {shape} {dtype} "
+                    f"({declared:,} bytes) but holds {info.file_size:,} bytes")
+            name = member[:-4]
+            specs[name] = LazyArray(
+                shape, dtype, functools.partial(_read_member, path, name))
+    return specs
+
+
+def _read_member(path, name):
     try:
-        with data:
-            return {name: np.asarray(data[name]) for name in data.files}
+        with np.load(path, allow_pickle=False) as data:
+            return np.asarray(data[name])
+    except FileNotFoundError:
+        raise
     except Exception as error:  # noqa: BLE001 - e.g. zlib.error, EOFError
         raise _refused_or_unreadable(path, error) from None
 

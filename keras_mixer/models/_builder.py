@@ -338,6 +338,7 @@ def load_weights(model, weights):
         return
     if isinstance(weights, str):
         model.load_weights(weights)
+        assign.check_finite(model, weights)
         return
     assign.assign_checkpoint(model, weights, **grid_growth(model))
 
