@@ -1,4 +1,4 @@
-"""keras_mixer: MLP-Mixer and ResMLP for Keras 3.
+"""keras_mixer: MLP-Mixer, ResMLP, gMLP, gMixer and ConvMixer for Keras 3.
 
 >>> import keras_mixer
 >>> model = keras_mixer.MixerB16()  # doctest: +SKIP
@@ -13,6 +13,16 @@ from keras_mixer.models._builder import preprocess_input
 from keras_mixer.models._tools import count_flops
 from keras_mixer.models._tools import feature_extractor
 from keras_mixer.models._tools import resize_token_mixing
+from keras_mixer.models.convmixer import ConvMixer
+from keras_mixer.models.convmixer import ConvMixer768_32
+from keras_mixer.models.convmixer import ConvMixer1024_20
+from keras_mixer.models.convmixer import ConvMixer1536_20
+from keras_mixer.models.gmlp import GMLP
+from keras_mixer.models.gmlp import GMLPB16
+from keras_mixer.models.gmlp import GMLPS16
+from keras_mixer.models.gmlp import GMLPTi16
+from keras_mixer.models.mixer import GMixer12
+from keras_mixer.models.mixer import GMixer24
 from keras_mixer.models.mixer import MLPMixer
 from keras_mixer.models.mixer import MixerB16
 from keras_mixer.models.mixer import MixerB32
