@@ -43,11 +43,19 @@ ISSUE_NAMES = {
     "ResMLP24": {"imagenet1k", "imagenet1k_distilled", "dino"},
     "ResMLP36": {"imagenet1k", "imagenet1k_distilled"},
     "ResMLPB24": {"imagenet1k", "imagenet1k_distilled", "imagenet22k_ft_in1k"},
+    # timm publishes these five of issue 16's variants (the others untrained).
+    "GMLPS16": {"ra3_in1k"},
+    "GMixer24": {"ra3_in1k"},
+    "ConvMixer1536_20": {"in1k"},
+    "ConvMixer768_32": {"in1k"},
+    "ConvMixer1024_20": {"in1k"},
 }
 FIELDS = {
     "url", "filename", "format", "source", "license", "classes", "resolution",
     "preprocessing", "approximate_gelu", "sha256", "description",
 }
+# Entries of the Hugging Face Hub also record these (timm's pretrained_cfg).
+HUB_FIELDS = {"hf_hub_id", "mean", "std", "crop_pct", "interpolation"}
 
 
 def test_table_has_every_published_name_with_all_fields():
@@ -57,10 +65,15 @@ def test_table_has_every_published_name_with_all_fields():
     for model, entries in presets.WEIGHTS.items():
         assert model in keras_mixer.MODELS
         for name, entry in entries.items():
-            assert set(entry) == FIELDS, (model, name)
+            assert FIELDS <= set(entry) <= FIELDS | HUB_FIELDS, (model, name)
+            assert set(entry) & HUB_FIELDS in (set(), {"hf_hub_id"}, HUB_FIELDS)
             assert entry["url"].startswith("https://")
-            assert entry["format"] in ("flax_npz", "torch")
+            assert entry["format"] in ("flax_npz", "torch", "safetensors")
             assert entry["preprocessing"] in _builder.PREPROCESSING_MODES
+            if "mean" in entry:  # the mode normalises as timm's cfg says
+                mean, std = _builder.preprocessing_constants(entry["preprocessing"])
+                np.testing.assert_allclose(np.broadcast_to(mean, 3), entry["mean"])
+                np.testing.assert_allclose(np.broadcast_to(std, 3), entry["std"])
             assert entry["classes"] in keras_mixer.labels.LABEL_SETS
             # Google's file names repeat across collections: cache names don't.
             assert entry["filename"] not in filenames
@@ -76,6 +89,8 @@ def test_table_has_every_published_name_with_all_fields():
 def test_timm_file_names_carry_a_verified_hash_prefix():
     entry = presets.WEIGHTS["MixerB16"]["goog_in21k_ft_in1k"]
     assert download.expected_hash(entry) == (None, "76587d61")
+    assert download.expected_hash(presets.WEIGHTS["GMLPS16"]["ra3_in1k"]) == (None, "10536d42")
+    assert download.expected_hash(presets.WEIGHTS["GMixer24"]["ra3_in1k"]) == (None, "7daf7ae6")
     assert download.expected_hash(presets.WEIGHTS["MixerB16"]["imagenet1k"]) == (None, None)
 
 
