@@ -215,24 +215,24 @@ def test_weights_dir_skips_the_network(served, tmp_path, monkeypatch):
 # --- The Appendix C resize ---------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["mixer", "resmlp"])
-@pytest.mark.parametrize("new_shape", [(64, 64, 3), (32, 96, 3)])
+@pytest.mark.parametrize("family, new_shape", [
+    ("mixer", (64, 64, 3)), ("mixer", (32, 96, 3)), ("resmlp", (64, 64, 3)),
+    ("resmlp", (32, 96, 3)), ("gmlp", (64, 64, 3)), ("gmixer", (32, 96, 3)),
+])
 def test_tiled_image_gives_the_small_models_logits(family, new_shape, reference):
-    if family == "mixer":
+    common = dict(patch_size=8, hidden_dim=24, num_blocks=2,
+                  input_shape=(32, 32, 3), classes=7, classifier_activation=None)
+    if family in ("mixer", "gmixer"):
         small = keras_mixer.MLPMixer(
-            patch_size=8, hidden_dim=24, num_blocks=2, tokens_mlp_dim=6,
-            channels_mlp_dim=48, input_shape=(32, 32, 3), classes=7,
-            classifier_activation=None,
+            tokens_mlp_dim=6, channels_mlp_dim=48,
+            mlp_layer="glu" if family == "gmixer" else "mlp", **common,
         )
     else:
-        small = keras_mixer.ResMLP(
-            patch_size=8, hidden_dim=24, num_blocks=2, input_shape=(32, 32, 3),
-            classes=7, classifier_activation=None,
-        )
+        small = {"resmlp": keras_mixer.ResMLP, "gmlp": keras_mixer.GMLP}[family](**common)
     _randomise(small)
     large = keras_mixer.resize_token_mixing(small, new_shape)
     kh, kw = new_shape[0] // 32, new_shape[1] // 32
-    if family == "mixer":
+    if family in ("mixer", "gmixer"):
         assert large.get_layer("block_0").tokens_mlp_dim == 6 * kh * kw
     image = RNG.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     tiled = np.tile(image, (1, kh, kw, 1))
