@@ -253,7 +253,7 @@ def GMLP(
     >>> model = keras_mixer.GMLP(
     ...     patch_size=4, hidden_dim=16, num_blocks=2,
     ...     input_shape=(16, 16, 3), classes=10)
-    >>> model.get_layer("block_0").spatial_gating.proj.kernel.shape
+    >>> tuple(model.get_layer("block_0").spatial_gating.proj.kernel.shape)
     (16, 16)
     """
     preprocessing = preprocessing or "tf"
