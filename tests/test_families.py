@@ -192,6 +192,21 @@ def test_pth_file_gives_the_reference_logits(name, tmp_path):
         k for k in sd if k.endswith("num_batches_tracked")}
 
 
+def test_feature_extractor_of_each_family():
+    """Every block's output; ConvMixer's are maps and it has no pre-head
+    norm; the last one is the backbone's output."""
+    for name, last in (("gmlp", "pre_head_norm"), ("convmixer_gelu", "block_1")):
+        backbone = model(name, include_top=False)
+        _builder.load_weights(backbone, checkpoints.convert_arrays(state(name)))
+        x = pixels(name)
+        outputs = keras_mixer.feature_extractor(backbone)(x)
+        assert list(outputs) == ["stem", "block_0", "block_1"] + (
+            ["pre_head_norm"] if last == "pre_head_norm" else [])
+        shape = (2, 16, 16) if name == "gmlp" else (2, 8, 8, 16)
+        assert all(tuple(v.shape) == shape for v in outputs.values())
+        np.testing.assert_allclose(outputs[last], run(backbone, x), rtol=1e-6, atol=1e-6)
+
+
 def test_variants_have_timms_architectures():
     """Each named variant's table entry is timm's model (reference VARIANTS,
     checked against timm itself); sizes are pinned by the parameter counts
