@@ -10,7 +10,7 @@ exec((HERE / "keras_mixer" / "version.py").read_text(), version)
 setup(
     name="keras-mixer",
     version=version["__version__"],
-    description="MLP-Mixer and ResMLP for Keras 3 (TensorFlow, JAX, PyTorch).",
+    description="MLP-Mixer, ResMLP, gMLP, gMixer and ConvMixer for Keras 3 (TensorFlow, JAX, PyTorch).",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -42,6 +42,9 @@ setup(
     extras_require={
         # deit / timm .pth checkpoints, read with torch.load(weights_only=True).
         "torch": ["torch"],
+        # weights="hf://..." (timm's models on the Hugging Face Hub); tested
+        # with 2.4.0.
+        "hub": ["huggingface_hub>=2.4"],
         # keras_mixer.export.to_onnx.
         "onnx": ["tf2onnx", "onnxruntime"],
         # export/grpc_client.py (TF Serving's gRPC API).
@@ -58,6 +61,8 @@ setup(
             "onnxruntime",
             # The JAX backend is tested in a subprocess (CPU build).
             "jax[cpu]",
+            # hf:// against a Hub stand-in on 127.0.0.1.
+            "huggingface_hub>=2.4",
             # keras_mixer.visualize; every notebook is executed offline.
             "matplotlib",
             "ipykernel",

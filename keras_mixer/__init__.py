@@ -1,4 +1,4 @@
-"""keras_mixer: MLP-Mixer and ResMLP for Keras 3.
+"""keras_mixer: MLP-Mixer, ResMLP, gMLP, gMixer and ConvMixer for Keras 3.
 
 `import keras_mixer` loads the models, their layers and everything a saved
 `.keras` file of this package refers to (layers, the learning-rate schedule),
@@ -32,6 +32,16 @@ from keras_mixer.models._builder import preprocess_input  # noqa: E402
 from keras_mixer.models._tools import count_flops  # noqa: E402
 from keras_mixer.models._tools import feature_extractor  # noqa: E402
 from keras_mixer.models._tools import resize_token_mixing  # noqa: E402
+from keras_mixer.models.convmixer import ConvMixer  # noqa: E402
+from keras_mixer.models.convmixer import ConvMixer768_32  # noqa: E402
+from keras_mixer.models.convmixer import ConvMixer1024_20  # noqa: E402
+from keras_mixer.models.convmixer import ConvMixer1536_20  # noqa: E402
+from keras_mixer.models.gmlp import GMLP  # noqa: E402
+from keras_mixer.models.gmlp import GMLPB16  # noqa: E402
+from keras_mixer.models.gmlp import GMLPS16  # noqa: E402
+from keras_mixer.models.gmlp import GMLPTi16  # noqa: E402
+from keras_mixer.models.mixer import GMixer12  # noqa: E402
+from keras_mixer.models.mixer import GMixer24  # noqa: E402
 from keras_mixer.models.mixer import MLPMixer  # noqa: E402
 from keras_mixer.models.mixer import MixerB16  # noqa: E402
 from keras_mixer.models.mixer import MixerB32  # noqa: E402

@@ -50,7 +50,7 @@ MATMUL_SHAPE = (32 * 196, 768, 3072)
 ADAMW = dict(learning_rate=1e-3, weight_decay=0.004)
 
 # keras_mixer name -> timm model name (same architecture; no timm model for
-# the others).
+# the others; timm's ConvMixer takes no img_size, so it has no row here).
 TIMM_NAMES = {
     "MixerS32": "mixer_s32_224",
     "MixerS16": "mixer_s16_224",
@@ -62,6 +62,11 @@ TIMM_NAMES = {
     "ResMLP24": "resmlp_24_224",
     "ResMLP36": "resmlp_36_224",
     "ResMLPB24": "resmlp_big_24_224",
+    "GMLPTi16": "gmlp_ti16_224",
+    "GMLPS16": "gmlp_s16_224",
+    "GMLPB16": "gmlp_b16_224",
+    "GMixer12": "gmixer_12_224",
+    "GMixer24": "gmixer_24_224",
 }
 
 # The clock of every measurement (tests replace it with a fake one).

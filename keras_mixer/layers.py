@@ -3,8 +3,8 @@
 The blocks of each family live with their model (`keras_mixer.models.mixer`,
 `keras_mixer.models.resmlp`); this module holds what they are built from:
 `Normalize` (pixel scaling), `PatchEmbedding` (the stem), `Dense` (a dense
-layer as one 2-D matmul), `MlpBlock`, `DropPath`, `LayerNorm`, `Affine` and
-`LayerScale`.
+layer as one 2-D matmul), `MlpBlock`, `GluMlp`, `DropPath`, `LayerNorm`,
+`Affine` and `LayerScale`.
 
 Every layer runs unchanged on the TensorFlow, JAX and PyTorch backends, is
 registered for serialization under the `keras_mixer` package and round-trips
@@ -315,6 +315,106 @@ class MlpBlock(keras.layers.Layer):
                 "mlp_dim": self.mlp_dim,
                 "axis": self.axis,
                 "approximate_gelu": self.approximate_gelu,
+                "dropout_rate": self.dropout_rate,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GluMlp(keras.layers.Layer):
+    """fc1 -> value * activation(gate) -> dropout -> fc2 -> dropout, over the
+    last axis: timm's `GluMlp` (`gate_last=True`), the MLP of gMixer.
+
+    fc1 has `mlp_dim` outputs, split into halves: the first half is the
+    value, the second the gate (timm's `chunk(2)` order), so fc2 takes
+    `mlp_dim / 2` inputs. With `activation="silu"` (gMixer's) this is the
+    SwiGLU of Shazeer (2020); "sigmoid" is the original GLU.
+
+    Args:
+        mlp_dim: int, even, the width of fc1 (value and gate together).
+        activation: "silu" (default) or "sigmoid", applied to the gate.
+        dropout_rate: float, dropout after the gating and after fc2.
+        kernel_initializer, bias_initializer: initializers of fc1 and fc2.
+    """
+
+    ACTIVATIONS = ("silu", "sigmoid")
+
+    def __init__(
+        self,
+        mlp_dim,
+        activation="silu",
+        dropout_rate=0.0,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        checks.check_int("mlp_dim", mlp_dim, where="GluMlp")
+        if mlp_dim % 2:
+            raise ValueError(
+                f"GluMlp: `mlp_dim` {mlp_dim} must be even: fc1's outputs are "
+                "split into a value half and a gate half."
+            )
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(
+                f"GluMlp: `activation` must be one of {self.ACTIVATIONS}, got "
+                f"{activation!r}."
+            )
+        checks.check_rate("dropout_rate", dropout_rate, where="GluMlp")
+        self.mlp_dim = mlp_dim
+        self.activation = activation
+        self.dropout_rate = float(dropout_rate)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    _dense = MlpBlock._dense
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.fc1 = self._dense(self.mlp_dim, "fc1")
+        self.fc1.build((None, width))
+        self.fc2 = self._dense(width, "fc2")
+        self.fc2.build((None, self.mlp_dim // 2))
+        self.drop1 = keras.layers.Dropout(
+            self.dropout_rate, dtype=self.dtype_policy, name="drop1"
+        )
+        self.drop2 = keras.layers.Dropout(
+            self.dropout_rate, dtype=self.dtype_policy, name="drop2"
+        )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        rows = _to_rows(inputs)
+        value, gate = ops.split(self.fc1(rows), 2, axis=-1)
+        gate = ops.silu(gate) if self.activation == "silu" else ops.sigmoid(gate)
+        h = self.drop1(value * gate, training=training)
+        h = self.drop2(self.fc2(h), training=training)
+        return _from_rows(h, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def count_macs(self, input_shape):
+        """Multiply-accumulates of one sample of `input_shape`."""
+        width = input_shape[-1]
+        rows = 1
+        for size in input_shape[1:-1]:
+            rows *= size
+        return rows * width * (self.mlp_dim + self.mlp_dim // 2)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "mlp_dim": self.mlp_dim,
+                "activation": self.activation,
                 "dropout_rate": self.dropout_rate,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer

@@ -9,6 +9,7 @@ fetches the files; the variants' `weights=` takes the names.
 _GOOGLE = "https://storage.googleapis.com/mixer_models"
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download"
 _DEIT = "https://dl.fbaipublicfiles.com/deit"
+_HF = "https://huggingface.co"
 _APACHE = "Apache-2.0"
 
 
@@ -41,7 +42,46 @@ def _timm_mixer(tag, release_file, classes, preprocessing, description):
         approximate_gelu=False,
         sha256=None,
         description=description,
+        hf_hub_id=f"timm/{tag}",
     )
+
+
+def _timm_hub(tag, preprocessing, mean, std, crop_pct, license, description,
+              release_file=None):
+    """A timm weights set of the Hub (`timm/<tag>`): timm's GitHub release
+    `.pth` where one exists (its name carries a hash prefix), else the Hub's
+    `model.safetensors`. mean/std, crop_pct and interpolation are timm's
+    `pretrained_cfg` (eval: resize the short side to 224 / crop_pct,
+    bicubic, center crop 224)."""
+    url = f"{_TIMM}/{release_file}" if release_file else (
+        f"{_HF}/timm/{tag}/resolve/main/model.safetensors")
+    return dict(
+        url=url,
+        filename=release_file.split("/")[-1] if release_file else f"timm_{tag}.safetensors",
+        format="torch" if release_file else "safetensors",
+        source=f"timm ({tag}; hf.co/timm/{tag})",
+        license=license,
+        classes=1000,
+        resolution=224,
+        preprocessing=preprocessing,
+        approximate_gelu=False,
+        sha256=None,
+        description=description,
+        hf_hub_id=f"timm/{tag}",
+        mean=mean,
+        std=std,
+        crop_pct=crop_pct,
+        interpolation="bicubic",
+    )
+
+
+_HALF = (0.5, 0.5, 0.5)
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_RA3 = "ImageNet-1k, timm's RandAugment recipe (Wightman)."
+_CONVMIXER = (
+    "ImageNet-1k, the paper's weights (Trockman & Kolter), first published at "
+    "github.com/tmp-iclr/convmixer/releases/download/timm-v1.0/{}."
+)
 
 
 def _deit(file, classes, description):
@@ -81,7 +121,9 @@ _MIIL = (
 # format, source, license, classes, resolution, preprocessing (a mode of
 # keras_mixer.preprocess_input), approximate_gelu (the source's GELU), sha256
 # (None where the publisher gives none; a hash prefix in a file name such as
-# timm's `-76587d61.pth` is verified), description.
+# timm's `-76587d61.pth` is verified), description. Hub entries also have
+# hf_hub_id (what weights="hf://<id>" fetches), and timm's mean, std,
+# crop_pct and interpolation.
 WEIGHTS = {
     "MixerS8": {"gsam": _google("gsam", "S", 8, 1000, _GSAM)},
     "MixerS16": {"gsam": _google("gsam", "S", 16, 1000, _GSAM)},
@@ -131,6 +173,24 @@ WEIGHTS = {
         ),
     },
 }
+WEIGHTS.update({
+    "GMLPS16": {"ra3_in1k": _timm_hub(
+        "gmlp_s16_224.ra3_in1k", "tf", _HALF, _HALF, 0.875, _APACHE, _RA3,
+        "v0.1-weights/gmlp_s16_224_raa-10536d42.pth")},
+    "GMixer24": {"ra3_in1k": _timm_hub(
+        "gmixer_24_224.ra3_in1k", "torch", _IMAGENET_MEAN, _IMAGENET_STD,
+        0.875, _APACHE, _RA3, "v0.1-weights/gmixer_24_224_raa-7daf7ae6.pth")},
+    **{
+        f"ConvMixer{size}": {"in1k": _timm_hub(
+            f"convmixer_{tag}.in1k", "torch", _IMAGENET_MEAN, _IMAGENET_STD,
+            0.96, "MIT", _CONVMIXER.format(original))}
+        for size, tag, original in (
+            ("1536_20", "1536_20", "convmixer_1536_20_ks9_p7.pth.tar"),
+            ("768_32", "768_32", "convmixer_768_32_ks7_p7_relu.pth.tar"),
+            ("1024_20", "1024_20_ks9_p14", "convmixer_1024_20_ks9_p14.pth.tar"),
+        )
+    },
+})
 for _depth, _prefix in (("12", "resmlp_12"), ("24", "resmlp_24"), ("36", "resmlp_36"), ("B24", "resmlpB_24")):
     WEIGHTS[f"ResMLP{_depth}"] = {
         "imagenet1k": _deit(f"{_prefix}_no_dist.pth", 1000, "ImageNet-1k, no distillation (ResMLP paper)."),
@@ -169,7 +229,8 @@ def list_weights(model_name=None, file=None):
                 f"{entry['format']}, preprocessing={entry['preprocessing']}, "
                 f"{'tanh' if entry['approximate_gelu'] else 'exact'} GELU, "
                 f"{entry['license']}\n    {entry['url']}\n    "
-                f"{entry['description']}",
+                + (f"hf://{entry['hf_hub_id']}\n    " if "hf_hub_id" in entry else "")
+                + f"{entry['description']}",
                 file=file,
             )
     return {n: WEIGHTS[n] for n in names}

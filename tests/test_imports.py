@@ -30,7 +30,7 @@ ALLOWED = {
 }
 
 # An import inside a function is for a heavy optional dependency only.
-LAZY_OK = ("tensorflow", "torch", "safetensors", "matplotlib")
+LAZY_OK = ("tensorflow", "torch", "safetensors", "matplotlib", "huggingface_hub")
 
 
 def modules():

@@ -11,6 +11,8 @@ import pytest
 import tensorflow as tf
 
 from keras_mixer import layers as L
+from keras_mixer.models import convmixer
+from keras_mixer.models import gmlp
 from keras_mixer.models import mixer
 from keras_mixer.models import resmlp
 
@@ -19,7 +21,7 @@ TOKENS = (2, 6, 8)  # batch, tokens, channels
 IMAGE = (2, 8, 12, 3)
 
 # Every module that defines layers: the shared ones and each family's.
-LAYER_MODULES = (L, mixer, resmlp)
+LAYER_MODULES = (L, mixer, resmlp, gmlp, convmixer)
 
 # (factory, input shape) for every layer of LAYER_MODULES.
 LAYER_CASES = {
@@ -34,16 +36,27 @@ LAYER_CASES = {
     "Affine": (lambda: L.Affine(), TOKENS),
     "LayerScale": (lambda: L.LayerScale(0.1), TOKENS),
     "ResMLPBlock": (lambda: resmlp.ResMLPBlock(1e-5, drop_path_rate=0.1), TOKENS),
+    "GluMlp": (lambda: L.GluMlp(6, dropout_rate=0.1), TOKENS),
+    "MixerBlock_glu": (lambda: mixer.MixerBlock(4, 16, mlp_layer="glu"), TOKENS),
+    "SpatialGatingUnit": (lambda: gmlp.SpatialGatingUnit(), TOKENS),
+    "GMLPBlock": (lambda: gmlp.GMLPBlock(12, drop_path_rate=0.1), TOKENS),
+    "ConvMixerStem": (lambda: convmixer.ConvMixerStem(4, 8, "relu"), IMAGE),
+    "ConvMixerBlock": (lambda: convmixer.ConvMixerBlock(3, drop_path_rate=0.1), IMAGE),
 }
 EXPECTED_SHAPES = {
     "PatchEmbedding": (2, 6, 8),
     "Dense": (2, 6, 5),
+    "SpatialGatingUnit": (2, 6, 4),
+    "ConvMixerStem": (2, 2, 3, 8),
 }
 
 
 def _randomise(layer):
     for v in layer.weights:
-        v.assign(RNG.normal(size=v.shape).astype("float32"))
+        value = RNG.normal(size=v.shape).astype("float32")
+        if v.path.endswith("moving_variance"):  # BatchNorm: a variance
+            value = np.abs(value) + 0.1
+        v.assign(value)
 
 
 def test_every_layer_is_covered():
@@ -231,6 +244,11 @@ def test_mixer_block_layer_norms_are_separate():
         (lambda: L.DropPath(1.0), r"rate` must be in \[0, 1\)"),
         (lambda: mixer.MixerBlock(4, 0), "channels_mlp_dim` must be a positive"),
         (lambda: resmlp.ResMLPBlock(0.1, mlp_ratio=0), "mlp_ratio` must be positive"),
+        (lambda: L.GluMlp(5), "mlp_dim` 5 must be even"),
+        (lambda: L.GluMlp(4, activation="gelu"), "activation` must be one of"),
+        (lambda: mixer.MixerBlock(4, 8, mlp_layer="swiglu"), "Unknown `mlp_layer` 'swiglu'"),
+        (lambda: gmlp.GMLPBlock(7), "ffn_dim` 7 must be even"),
+        (lambda: convmixer.ConvMixerBlock(3, activation="silu"), "Unknown `activation` 'silu'"),
     ],
 )
 def test_layer_argument_errors(factory, message):
@@ -250,6 +268,40 @@ def test_tensorflow_graph_of_an_mlp_is_2d_matmul_and_bias_add(axis):
     types = [op.type for op in graph.get_operations()]
     assert types.count("MatMul") == 2 and types.count("BiasAdd") == 2
     assert "BatchMatMulV2" not in types
+
+
+def _silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def test_glu_mlp_gates_the_second_half_with_silu():
+    """timm's GluMlp (gate_last): fc1's first half is the value, its second
+    half goes through SiLU; fc2 takes the product."""
+    layer = L.GluMlp(6)
+    x = RNG.normal(size=TOKENS).astype("float32")
+    layer(x)
+    _randomise(layer)
+    w1, b1, w2, b2 = [np.asarray(w, "float64") for w in layer.get_weights()]
+    h = x @ w1 + b1
+    expected = (h[..., :3] * _silu(h[..., 3:])) @ w2 + b2
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-5)
+    assert w2.shape == (3, TOKENS[-1])
+
+
+def test_spatial_gating_unit_equation():
+    """s(Z) = Z1 * (W LayerNorm(Z2) + b) with W over the tokens, LayerNorm
+    epsilon 1e-5, and W ~ 1e-6, b = 1 at initialisation (s(Z) ~ Z1)."""
+    layer = gmlp.SpatialGatingUnit()
+    z = RNG.normal(size=TOKENS).astype("float32")
+    np.testing.assert_allclose(layer(z), z[..., :4], rtol=1e-4, atol=1e-4)
+    assert layer.norm.epsilon == 1e-5
+    _randomise(layer)
+    gamma, beta, kernel, bias = [np.asarray(w, "float64") for w in layer.get_weights()]
+    gate = z[..., 4:].astype("float64")
+    gate = (gate - gate.mean(-1, keepdims=True)) / np.sqrt(gate.var(-1, keepdims=True) + 1e-5)
+    gate = gate * gamma + beta
+    projected = np.einsum("bsc,st->btc", gate, kernel) + bias[:, None]
+    np.testing.assert_allclose(layer(z), z[..., :4] * projected, rtol=1e-4, atol=1e-5)
 
 
 def test_mixed_bfloat16_block_computes_in_bfloat16():

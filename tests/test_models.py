@@ -8,11 +8,11 @@ import pytest
 
 import keras_mixer
 from keras_mixer.models import _builder
-from keras_mixer.models import mixer
-from keras_mixer.models import resmlp
 
-# Parameter counts with a 1000-class head at 224x224 (MLP-Mixer paper Table 1
-# as published by the reference implementations; ResMLP as deit).
+# Trainable parameter counts with a 1000-class head at 224x224 (MLP-Mixer
+# paper Table 1 as published by the reference implementations; ResMLP as
+# deit; gMLP, gMixer and ConvMixer as timm, whose counts leave out
+# BatchNorm's running statistics as Keras's non-trainable weights).
 GOLDEN_PARAMS = {
     "MixerS32": 19_104_624,
     "MixerS16": 18_528_264,
@@ -26,15 +26,17 @@ GOLDEN_PARAMS = {
     "ResMLP24": 30_020_680,
     "ResMLP36": 44_690_488,
     "ResMLPB24": 129_138_280,
+    "GMLPTi16": 5_867_328,
+    "GMLPS16": 19_422_656,
+    "GMLPB16": 73_075_392,
+    "GMixer12": 12_701_080,
+    "GMixer24": 24_721_096,
+    "ConvMixer1536_20": 51_625_960,
+    "ConvMixer768_32": 21_110_248,
+    "ConvMixer1024_20": 24_383_464,
 }
 MODEL_LIST = sorted(keras_mixer.MODELS)
-PATCH = {
-    name: (mixer.MODEL_CONFIGS | resmlp.MODEL_CONFIGS)[key]["patch_size"]
-    for name, key in [
-        *[(f"Mixer{k.replace('/', '')}", k) for k in mixer.MODEL_CONFIGS],
-        *[(f"ResMLP{k}", k) for k in resmlp.MODEL_CONFIGS],
-    ]
-}
+PATCH = {name: keras_mixer.MODELS[name].patch_size for name in MODEL_LIST}
 
 
 def _mixer_s8_params():
@@ -51,13 +53,32 @@ def test_golden_table_covers_every_registered_variant():
     assert GOLDEN_PARAMS["MixerS8"] == _mixer_s8_params()
 
 
+def _hand_flops():
+    """2 x multiply-accumulates at 224, from the architectures' equations."""
+    t, c, f = 196, 256, 1536  # gMLP-S/16: tokens, width, d_ffn; 30 blocks
+    gmlp = t * 768 * c + 30 * (t * c * f + (f // 2) * t * t + t * (f // 2) * c) + c * 1000
+    t, c = 196, 384  # gMixer-24: GLU fc1 widths 384 (tokens) and 1536
+    token = c * (t * 384 + 192 * t)
+    channel = t * (c * 1536 + 768 * c)
+    gmixer = t * 768 * c + 24 * (token + channel) + c * 1000
+    s, c, k = 32 * 32, 1536, 9  # ConvMixer-1536/20: 32x32 positions
+    conv = s * 7 * 7 * 3 * c + 20 * s * c * (k * k + c) + c * 1000
+    return {"GMLPS16": 2 * gmlp, "GMixer24": 2 * gmixer, "ConvMixer1536_20": 2 * conv}
+
+
+HAND_FLOPS = _hand_flops()
+
+
 @pytest.mark.parametrize("name", MODEL_LIST)
 def test_parameter_count(name):
     model = keras_mixer.MODELS[name]()
     assert model.input_shape == (None, 224, 224, 3)
     assert model.output_shape == (None, 1000)
-    assert model.count_params() == GOLDEN_PARAMS[name]
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert trainable == GOLDEN_PARAMS[name]
     assert model.name == keras_mixer.MODELS[name].__defaults__[-1]
+    if name in HAND_FLOPS:
+        assert keras_mixer.count_flops(model) == HAND_FLOPS[name]
 
 
 @pytest.mark.parametrize("name", MODEL_LIST)
@@ -67,7 +88,9 @@ def test_forward_at_small_size(name):
         input_shape=(size, size, 3), classes=5, drop_path_rate=0.1
     )
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3))
-    y = np.asarray(model.predict(x, verbose=0))
+    # Eager: a traced predict() costs about a second per variant, and graph
+    # mode is exercised by the training and export tests.
+    y = np.asarray(model(x, training=False))
     assert y.shape == (2, 5)
     assert np.all(np.isfinite(y))
     np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-5)
@@ -119,6 +142,29 @@ def test_drop_path_rates_rise_linearly():
     model = keras_mixer.MixerS32(input_shape=(32, 32, 3), drop_path_rate=0.2)
     rates = [model.get_layer(f"block_{i}").drop_path_rate for i in range(8)]
     np.testing.assert_allclose(rates, np.linspace(0, 0.2, 8))
+
+
+def test_drop_path_schedules_by_family():
+    """ResMLP and gMLP: the same rate in every block (deit, timm); Mixer:
+    linear (big_vision); either on request."""
+    def rates(builder, **kwargs):
+        model = builder(patch_size=8, hidden_dim=8, num_blocks=3,
+                        input_shape=(16, 16, 3), drop_path_rate=0.3, **kwargs)
+        return [model.get_layer(f"block_{i}").drop_path_rate for i in range(3)]
+
+    np.testing.assert_allclose(rates(keras_mixer.ResMLP), [0.3, 0.3, 0.3])
+    np.testing.assert_allclose(rates(keras_mixer.GMLP), [0.3, 0.3, 0.3])
+    np.testing.assert_allclose(
+        rates(keras_mixer.ResMLP, drop_path_schedule="linear"), [0.0, 0.15, 0.3])
+    mixer_kwargs = dict(tokens_mlp_dim=4, channels_mlp_dim=8)
+    np.testing.assert_allclose(rates(keras_mixer.MLPMixer, **mixer_kwargs), [0.0, 0.15, 0.3])
+    np.testing.assert_allclose(
+        rates(keras_mixer.MLPMixer, drop_path_schedule="uniform", **mixer_kwargs), [0.3] * 3)
+    with pytest.raises(ValueError, match="Unknown `drop_path_schedule` 'cosine'"):
+        rates(keras_mixer.ResMLP, drop_path_schedule="cosine")
+    assert "default 'uniform'" in keras_mixer.ResMLP12.__doc__
+    assert "default 'linear'" in keras_mixer.MixerB16.__doc__
+    assert "default 'uniform'" in keras_mixer.GMixer12.__doc__
 
 
 @pytest.mark.parametrize(
@@ -281,7 +327,7 @@ def test_count_flops_matches_the_hand_count():
 
 
 def test_variant_docstrings_run():
-    for constructor in (keras_mixer.MixerS32, keras_mixer.ResMLP12):
+    for constructor in (keras_mixer.MixerS32, keras_mixer.ResMLP12, keras_mixer.GMLPTi16):
         assert constructor.__doc__ and "Args:" in constructor.__doc__
         parser = doctest.DocTestParser()
         test = parser.get_doctest(
@@ -301,6 +347,7 @@ def test_stochastic_depth_rates():
     np.testing.assert_allclose(
         _builder.stochastic_depth_rates(0.3, 4), [0.0, 0.1, 0.2, 0.3]
     )
+    assert _builder.stochastic_depth_rates(0.3, 2, "uniform") == [0.3, 0.3]
 
 
 @pytest.mark.parametrize("name", ["MixerS32", "ResMLP12"])

@@ -43,11 +43,19 @@ ISSUE_NAMES = {
     "ResMLP24": {"imagenet1k", "imagenet1k_distilled", "dino"},
     "ResMLP36": {"imagenet1k", "imagenet1k_distilled"},
     "ResMLPB24": {"imagenet1k", "imagenet1k_distilled", "imagenet22k_ft_in1k"},
+    # timm publishes these five of issue 16's variants (the others untrained).
+    "GMLPS16": {"ra3_in1k"},
+    "GMixer24": {"ra3_in1k"},
+    "ConvMixer1536_20": {"in1k"},
+    "ConvMixer768_32": {"in1k"},
+    "ConvMixer1024_20": {"in1k"},
 }
 FIELDS = {
     "url", "filename", "format", "source", "license", "classes", "resolution",
     "preprocessing", "approximate_gelu", "sha256", "description",
 }
+# Entries of the Hugging Face Hub also record these (timm's pretrained_cfg).
+HUB_FIELDS = {"hf_hub_id", "mean", "std", "crop_pct", "interpolation"}
 
 
 def test_table_has_every_published_name_with_all_fields():
@@ -57,10 +65,15 @@ def test_table_has_every_published_name_with_all_fields():
     for model, entries in presets.WEIGHTS.items():
         assert model in keras_mixer.MODELS
         for name, entry in entries.items():
-            assert set(entry) == FIELDS, (model, name)
+            assert FIELDS <= set(entry) <= FIELDS | HUB_FIELDS, (model, name)
+            assert set(entry) & HUB_FIELDS in (set(), {"hf_hub_id"}, HUB_FIELDS)
             assert entry["url"].startswith("https://")
-            assert entry["format"] in ("flax_npz", "torch")
+            assert entry["format"] in ("flax_npz", "torch", "safetensors")
             assert entry["preprocessing"] in _builder.PREPROCESSING_MODES
+            if "mean" in entry:  # the mode normalises as timm's cfg says
+                mean, std = _builder.preprocessing_constants(entry["preprocessing"])
+                np.testing.assert_allclose(np.broadcast_to(mean, 3), entry["mean"])
+                np.testing.assert_allclose(np.broadcast_to(std, 3), entry["std"])
             assert entry["classes"] in keras_mixer.labels.LABEL_SETS
             # Google's file names repeat across collections: cache names don't.
             assert entry["filename"] not in filenames
@@ -76,6 +89,8 @@ def test_table_has_every_published_name_with_all_fields():
 def test_timm_file_names_carry_a_verified_hash_prefix():
     entry = presets.WEIGHTS["MixerB16"]["goog_in21k_ft_in1k"]
     assert download.expected_hash(entry) == (None, "76587d61")
+    assert download.expected_hash(presets.WEIGHTS["GMLPS16"]["ra3_in1k"]) == (None, "10536d42")
+    assert download.expected_hash(presets.WEIGHTS["GMixer24"]["ra3_in1k"]) == (None, "7daf7ae6")
     assert download.expected_hash(presets.WEIGHTS["MixerB16"]["imagenet1k"]) == (None, None)
 
 
@@ -248,24 +263,24 @@ def test_weights_dir_skips_the_network(served, tmp_path, monkeypatch):
 # --- The Appendix C resize ---------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["mixer", "resmlp"])
-@pytest.mark.parametrize("new_shape", [(64, 64, 3), (32, 96, 3)])
+@pytest.mark.parametrize("family, new_shape", [
+    ("mixer", (64, 64, 3)), ("mixer", (32, 96, 3)), ("resmlp", (64, 64, 3)),
+    ("resmlp", (32, 96, 3)), ("gmlp", (64, 64, 3)), ("gmixer", (32, 96, 3)),
+])
 def test_tiled_image_gives_the_small_models_logits(family, new_shape, reference):
-    if family == "mixer":
+    common = dict(patch_size=8, hidden_dim=24, num_blocks=2,
+                  input_shape=(32, 32, 3), classes=7, classifier_activation=None)
+    if family in ("mixer", "gmixer"):
         small = keras_mixer.MLPMixer(
-            patch_size=8, hidden_dim=24, num_blocks=2, tokens_mlp_dim=6,
-            channels_mlp_dim=48, input_shape=(32, 32, 3), classes=7,
-            classifier_activation=None,
+            tokens_mlp_dim=6, channels_mlp_dim=48,
+            mlp_layer="glu" if family == "gmixer" else "mlp", **common,
         )
     else:
-        small = keras_mixer.ResMLP(
-            patch_size=8, hidden_dim=24, num_blocks=2, input_shape=(32, 32, 3),
-            classes=7, classifier_activation=None,
-        )
+        small = {"resmlp": keras_mixer.ResMLP, "gmlp": keras_mixer.GMLP}[family](**common)
     _randomise(small)
     large = keras_mixer.resize_token_mixing(small, new_shape)
     kh, kw = new_shape[0] // 32, new_shape[1] // 32
-    if family == "mixer":
+    if family in ("mixer", "gmixer"):
         assert large.get_layer("block_0").tokens_mlp_dim == 6 * kh * kw
     image = RNG.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     tiled = np.tile(image, (1, kh, kw, 1))

@@ -3,9 +3,12 @@
 The path of one checkpoint, module by module:
 
 1. `download`: a weights name of the presets table becomes a local file
-   (cache, checksum).
+   (cache, checksum); `hub`: "hf://..." becomes a local Hugging Face Hub
+   model folder (config.json + model.safetensors), through huggingface_hub.
 2. `readers`: the file becomes {name: np.ndarray} (npz, safetensors, torch),
-   read safely; the container is detected from its first bytes.
+   read safely; the container is detected from its first bytes. A Hub
+   folder's config.json adds the source's architecture name and input
+   normalisation (`hub`).
 3. One key map per source layout (`KEY_MAPS`) renames and transposes the
    arrays into a `Checkpoint`: arrays keyed by keras_mixer variable path in
    Keras layout (`stem/proj/kernel` HWIO, dense kernels `(in, out)`).
@@ -20,9 +23,13 @@ A key map is a module with `EXPECTED` (a phrase naming its keys, for
 messages), `matches(keys)` and `convert(state_dict) -> Checkpoint`.
 """
 
+import os
+
 from keras_mixer.checkpoints import deit_resmlp
 from keras_mixer.checkpoints import flax_mixer
+from keras_mixer.checkpoints import hub
 from keras_mixer.checkpoints import readers
+from keras_mixer.checkpoints import timm_convmixer
 from keras_mixer.checkpoints import timm_mlp_mixer
 from keras_mixer.checkpoints._plan import Checkpoint
 from keras_mixer.checkpoints._plan import format_keys
@@ -30,9 +37,10 @@ from keras_mixer.checkpoints._plan import wrong_architecture_hint
 from keras_mixer.checkpoints.readers import ACCEPTED_FORMATS
 from keras_mixer.checkpoints.readers import detect_container
 
-# Every source layout read: Google's Flax MLP-Mixer, timm's MlpMixer (Mixer
-# and ResMLP blocks), deit's ResMLP. The first whose `matches` is true converts.
-KEY_MAPS = (flax_mixer, timm_mlp_mixer, deit_resmlp)
+# Every source layout read: Google's Flax MLP-Mixer, timm's MlpMixer (Mixer,
+# gMixer, ResMLP and gMLP blocks), deit's ResMLP, timm's ConvMixer. The first
+# whose `matches` is true converts.
+KEY_MAPS = (flax_mixer, timm_mlp_mixer, deit_resmlp, timm_convmixer)
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -61,7 +69,9 @@ def convert_arrays(arrays, origin="checkpoint"):
 
 
 def read_checkpoint(path):
-    """Reads a published checkpoint of any supported format and layout.
+    """Reads a published checkpoint of any supported format and layout, or a
+    Hugging Face Hub model folder (config.json + model.safetensors or
+    pytorch_model.bin).
 
     The container is detected from the file's first bytes (safetensors: an
     8-byte little-endian header length then '{'; a zip of `.npy` members: an
@@ -71,7 +81,7 @@ def read_checkpoint(path):
     files.
 
     Args:
-        path: str or os.PathLike.
+        path: str or os.PathLike, a file or a Hub folder.
 
     Returns:
         A `Checkpoint` whose `origin` is `path`.
@@ -82,6 +92,11 @@ def read_checkpoint(path):
         ImportError (also a ValueError): a PyTorch file without torch
             installed.
     """
-    checkpoint = convert_arrays(readers.read_arrays(path), origin=path)
+    if os.path.isdir(path):
+        arrays, config, weights = hub.read_folder(path)
+        checkpoint = convert_arrays(arrays, origin=weights)
+        checkpoint.architecture, checkpoint.mean_std = hub.describe(config, path)
+    else:
+        checkpoint = convert_arrays(readers.read_arrays(path), origin=path)
     checkpoint.origin = str(path)
     return checkpoint

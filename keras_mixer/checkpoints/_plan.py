@@ -37,6 +37,10 @@ class Checkpoint:
         origin: where the tensors came from, for error messages (a path).
         source_keys: {keras variable path: the source's key}, for error
             messages.
+        architecture: the source's name of the architecture when the file
+            comes with it (a Hub folder's config.json), else None.
+        mean_std: `(mean, std)` per channel of the input normalisation the
+            source names (a Hub folder's config.json), else None.
     """
 
     tensors: dict
@@ -46,6 +50,8 @@ class Checkpoint:
     grid: tuple = None
     origin: str = "checkpoint"
     source_keys: dict = dataclasses.field(default_factory=dict)
+    architecture: str = None
+    mean_std: tuple = None
 
     @property
     def num_classes(self):
@@ -127,7 +133,9 @@ def guess_architecture(keys):
     if has(r"^blocks\.\d+\.attn\.weight$") and has(r"^blocks\.\d+\.gamma_1$"):
         return "a ResMLP in deit layout"
     if has(r"\.mlp_channels\.gate\.") or has(r"\.gate\.proj\."):
-        return "a gMLP (timm), which keras_mixer does not implement"
+        return "a gMLP in timm layout"
+    if has(r"^stem\.0\.weight$") and has(r"^blocks\.\d+\.0\.fn\.0\.weight$"):
+        return "a ConvMixer in timm layout"
     if has(r"^(layer\d|conv1|bn1)\.") or has(r"(^|/)(block\d+|conv_root)/"):
         return "a convolutional network (ResNet-like)"
     return None

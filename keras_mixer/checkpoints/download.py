@@ -19,6 +19,7 @@ import keras
 
 from keras_mixer import atomic
 from keras_mixer import presets
+from keras_mixer.checkpoints import hub
 
 logger = logging.getLogger("keras_mixer")
 
@@ -195,11 +196,17 @@ class PresetWeights:
 
 def resolve(model_name, weights):
     """Classifies a variant's `weights`: `(PresetWeights, its table entry)`
-    for a weights name of `model_name`, `(weights, None)` for None or the
-    path of an existing file; a ValueError listing the names for anything
-    else."""
+    for a weights name of `model_name`; `(hub.HubWeights, the entry of that
+    Hub repository or None)` for "hf://..."; `(weights, None)` for None or
+    the path of an existing file or folder; a ValueError listing the names
+    for anything else."""
     if weights is None:
         return None, None
+    if hub.is_hub_name(weights):
+        repository = hub.HubWeights.parse(weights)
+        entries = presets.WEIGHTS.get(model_name, {}).values()
+        entry = [e for e in entries if e.get("hf_hub_id") == repository.repo_id]
+        return repository, (entry[0] if entry else None)
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if not isinstance(weights, str):
@@ -216,7 +223,8 @@ def resolve(model_name, weights):
     names = ", ".join(table) or "none are published for this model"
     raise ValueError(
         f"`weights` {weights!r} is neither a weights name of {model_name} "
-        f"({names}) nor an existing file. Pass None, a name, or the path of "
+        f"({names}) nor an existing file. Pass None, a name, the path of "
         "an official .npz, a timm .safetensors/.pth, a deit .pth or a "
-        ".weights.h5 file."
+        ".weights.h5 file, a Hugging Face Hub model folder, or "
+        "'hf://timm/<model>'."
     )

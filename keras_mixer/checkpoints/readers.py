@@ -7,8 +7,8 @@
 
 `read_arrays(path)` detects the container from the file's first bytes
 (`detect_container`) and calls its reader. The readers know nothing of model
-layouts: the key maps (`flax_mixer`, `timm_mlp_mixer`, `deit_resmlp`) turn
-the names into variable paths.
+layouts: the key maps (`flax_mixer`, `timm_mlp_mixer`, `deit_resmlp`,
+`timm_convmixer`) turn the names into variable paths.
 """
 
 import functools
@@ -24,10 +24,10 @@ from keras_mixer.checkpoints._plan import format_keys
 ACCEPTED_FORMATS = (
     "a Flax .npz of Google's official MLP-Mixer checkpoints "
     "(storage.googleapis.com/mixer_models); "
-    "a .safetensors file of a timm MLP-Mixer / ResMLP or a deit ResMLP; "
+    "a .safetensors file of a timm MLP-Mixer / ResMLP / gMLP / gMixer / "
+    "ConvMixer or a deit ResMLP; "
     "a PyTorch .pth/.pt/.bin file (zip or legacy pickle, read with "
-    "torch.load(weights_only=True); needs torch) of a timm MLP-Mixer / ResMLP "
-    "or a deit ResMLP"
+    "torch.load(weights_only=True); needs torch) of the same"
 )
 
 

@@ -16,7 +16,10 @@ Height and width may grow by different integer factors.
 
 What grows is described per axis of each tensor, by the block that owns it
 (its `token_axes`): `TOKENS`, an axis over the patches; `HIDDEN`, a width that
-grows with the number of parts; None, an axis that keeps its size.
+grows with the number of parts; `GATED`, a hidden width made of a value half
+then a gate half (a GLU's fc1, split by position), each half growing with the
+parts so that all values still come before all gates; None, an axis that
+keeps its size.
 """
 
 import math
@@ -25,6 +28,7 @@ import numpy as np
 
 TOKENS = "tokens"
 HIDDEN = "hidden"
+GATED = "gated"
 
 
 def checkpoint_grid(num_tokens, origin="checkpoint"):
@@ -68,7 +72,8 @@ def expand(value, axes, old_grid, new_grid):
 
     Args:
         value: the tensor trained on `old_grid`.
-        axes: the role of each axis of `value`: `TOKENS`, `HIDDEN` or None.
+        axes: the role of each axis of `value`: `TOKENS`, `HIDDEN`, `GATED`
+            or None.
         old_grid, new_grid: patch grids `(rows, cols)`.
 
     Returns:
@@ -92,6 +97,12 @@ def expand(value, axes, old_grid, new_grid):
             position = np.arange(parts * size)
             index.append(position % size)
             owner.append(position // size)
+        elif role == GATED:
+            # [values of part 0 .. parts-1 | gates of part 0 .. parts-1]
+            half = size // 2
+            half_of, within = np.divmod(np.arange(parts * size), parts * half)
+            index.append(half_of * half + within % half)
+            owner.append(within // half)
         else:
             index.append(np.arange(size))
             owner.append(None)

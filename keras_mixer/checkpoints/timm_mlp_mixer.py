@@ -1,8 +1,8 @@
-"""timm state dicts of `MlpMixer` (MLP-Mixer) and `ResMlp` blocks (ResMLP).
+"""timm state dicts of `MlpMixer`: MLP-Mixer, gMixer, ResMLP and gMLP blocks.
 
 Key names of `timm/models/mlp_mixer.py` (`MlpMixer`, `MixerBlock`,
-`ResBlock`, `Affine`, timm's `PatchEmbed` and `Mlp`), with the Keras variable
-each becomes:
+`ResBlock`, `Affine`, `SpatialGatingBlock`, timm's `PatchEmbed`, `Mlp`,
+`GluMlp` and `GatedMlp`), with the Keras variable each becomes:
 
     stem.proj.weight  (D, C_in, p, p) OIHW -> stem/proj/kernel (p, p, C_in, D)
     stem.proj.bias                         -> stem/proj/bias
@@ -13,6 +13,9 @@ each becomes:
     blocks.i.norm2.weight|bias             -> block_i/norm2/gamma|beta
     blocks.i.mlp_channels.fc1|fc2.weight   -> block_i/channel_mixing/fc1|fc2/kernel (transposed)
     norm.weight|bias                       -> pre_head_norm/gamma|beta
+  gMixer (`MixerBlock` with `GluMlp`): the same keys; fc1 is twice as wide
+    as fc2's input (value half, then gate half), which the model's
+    `mlp_layer="glu"` matches.
   ResMLP (`ResBlock`), block i:
     blocks.i.norm1.alpha|beta (1, 1, D)    -> block_i/norm1/alpha|beta (D,)
     blocks.i.linear_tokens.weight (S, S)   -> block_i/cross_patch/kernel (transposed)
@@ -21,7 +24,15 @@ each becomes:
     blocks.i.mlp_channels.fc1|fc2.weight   -> block_i/channel_mixing/fc1|fc2/kernel (transposed)
     blocks.i.ls2 (D,)                      -> block_i/ls2/gamma
     norm.alpha|beta (1, 1, D)              -> pre_head_norm/alpha|beta (D,)
-  Both:
+  gMLP (`SpatialGatingBlock`), block i:
+    blocks.i.norm.weight|bias              -> block_i/norm/gamma|beta
+    blocks.i.mlp_channels.fc1.weight (2H, D) -> block_i/fc1/kernel (D, 2H)
+    blocks.i.mlp_channels.gate.norm.weight|bias -> block_i/spatial_gating/norm/gamma|beta
+    blocks.i.mlp_channels.gate.proj.weight (S_out, S_in)
+                                           -> block_i/spatial_gating/proj/kernel (S_in, S_out)
+    blocks.i.mlp_channels.fc2.weight (D, H) -> block_i/fc2/kernel (H, D)
+    norm.weight|bias                       -> pre_head_norm/gamma|beta
+  All:
     head.weight (classes, D) -> head/kernel (D, classes); head.bias (optional)
 
 Every `.bias` keeps its shape; every Linear weight is transposed from torch's
@@ -35,8 +46,8 @@ from keras_mixer.checkpoints import _plan
 
 # What `read_checkpoint` says a file of this layout has, when none matches.
 EXPECTED = (
-    "timm keys ('stem.proj.weight', 'blocks.0.mlp_tokens.*' or "
-    "'blocks.0.linear_tokens.*')"
+    "timm keys ('stem.proj.weight', 'blocks.0.mlp_tokens.*', "
+    "'blocks.0.linear_tokens.*' or 'blocks.0.mlp_channels.gate.*')"
 )
 
 
@@ -46,8 +57,10 @@ def matches(keys):
 
 
 def detect_family(keys):
-    """"mixer", "resmlp" or None, from timm key names."""
+    """"mixer", "resmlp", "gmlp" or None, from timm key names."""
     keys = list(keys)
+    if any(".mlp_channels.gate." in k for k in keys):
+        return "gmlp"
     if any(".mlp_tokens." in k for k in keys):
         return "mixer"
     if any(".linear_tokens." in k for k in keys):
@@ -66,6 +79,20 @@ def key_plan(keys, family):
     blocks = _plan.block_indices(keys, r"blocks\.(\d+)\.")
     for i in range(max(blocks) + 1 if blocks else 0):
         src, dst = f"blocks.{i}", f"block_{i}"
+        if family == "gmlp":
+            gate, sgu = f"{src}.mlp_channels.gate", f"{dst}/spatial_gating"
+            for source, target in (
+                (f"{src}.norm", f"{dst}/norm"), (f"{gate}.norm", f"{sgu}/norm"),
+            ):
+                plan[f"{source}.weight"] = (f"{target}/gamma", ident)
+                plan[f"{source}.bias"] = (f"{target}/beta", ident)
+            # (S_out, S_in) -> (S_in, S_out) for a Dense on the token axis.
+            plan[f"{gate}.proj.weight"] = (f"{sgu}/proj/kernel", lin)
+            plan[f"{gate}.proj.bias"] = (f"{sgu}/proj/bias", ident)
+            for fc in ("fc1", "fc2"):
+                plan[f"{src}.mlp_channels.{fc}.weight"] = (f"{dst}/{fc}/kernel", lin)
+                plan[f"{src}.mlp_channels.{fc}.bias"] = (f"{dst}/{fc}/bias", ident)
+            continue
         if family == "mixer":
             for norm in ("norm1", "norm2"):
                 plan[f"{src}.{norm}.weight"] = (f"{dst}/{norm}/gamma", ident)
@@ -86,7 +113,7 @@ def key_plan(keys, family):
                     f"{dst}/{keras_mlp}/{fc}/kernel", lin)
                 plan[f"{src}.{source_mlp}.{fc}.bias"] = (
                     f"{dst}/{keras_mlp}/{fc}/bias", ident)
-    if family == "mixer":
+    if family in ("mixer", "gmlp"):
         plan["norm.weight"] = ("pre_head_norm/gamma", ident)
         plan["norm.bias"] = ("pre_head_norm/beta", ident)
     else:
@@ -96,7 +123,8 @@ def key_plan(keys, family):
 
 
 def convert(state_dict):
-    """Converts a timm `MlpMixer` state dict (Mixer or ResMLP blocks).
+    """Converts a timm `MlpMixer` state dict (Mixer, gMixer, ResMLP or gMLP
+    blocks).
 
     Args:
         state_dict: {key: array} (NumPy arrays, or anything `np.asarray`
@@ -104,23 +132,25 @@ def convert(state_dict):
             `readers.read_torch`.
 
     Returns:
-        `Checkpoint(source="timm", approximate_gelu=False)`, family "mixer" or
-        "resmlp" from the keys.
+        `Checkpoint(source="timm", approximate_gelu=False)`, family "mixer"
+        (Mixer and gMixer), "resmlp" or "gmlp" from the keys.
 
     Raises:
-        ValueError: not one timm MLP-Mixer / ResMLP (e.g. a gMLP, a ViT, a
-            deit-layout ResMLP: use `keras_mixer.checkpoints.deit_resmlp`).
+        ValueError: not one timm MlpMixer (e.g. a ViT, a deit-layout ResMLP:
+            use `keras_mixer.checkpoints.deit_resmlp`).
     """
     keys = list(state_dict)
     family = detect_family(keys)
     if family is None or "stem.proj.weight" not in state_dict:
         raise ValueError(
             "not a timm MLP-Mixer or ResMLP state dict: expected keys "
-            "'stem.proj.weight' and 'blocks.0.mlp_tokens.*' (Mixer) or "
-            f"'blocks.0.linear_tokens.*' (ResMLP), found "
+            "'stem.proj.weight' and 'blocks.0.mlp_tokens.*' (Mixer), "
+            "'blocks.0.linear_tokens.*' (ResMLP) or "
+            "'blocks.0.mlp_channels.gate.*' (gMLP), found "
             f"{_plan.format_keys(keys)}." + _plan.wrong_architecture_hint(keys)
         )
-    what = "timm MLP-Mixer" if family == "mixer" else "timm ResMLP"
+    what = {"mixer": "timm MLP-Mixer", "resmlp": "timm ResMLP",
+            "gmlp": "timm gMLP"}[family]
     plan, _ = key_plan(keys, family)
     tensors, origin = _plan.apply_plan(state_dict, plan, what)
     return _plan.Checkpoint(

@@ -1,13 +1,16 @@
 """Every named variant, by name: `MODELS = {"MixerB16": MixerB16, ...}`.
 
-One module per family (`mixer`, `resmlp`), each with its blocks, its builder,
-`MODEL_CONFIGS` and `VARIANTS`; `_builder` holds what they share.
+One module per family (`mixer` (with gMixer), `resmlp`, `gmlp`,
+`convmixer`), each with its blocks, its builder, `MODEL_CONFIGS` and
+`VARIANTS`; `_builder` holds what they share.
 """
 
+from keras_mixer.models import convmixer
+from keras_mixer.models import gmlp
 from keras_mixer.models import mixer
 from keras_mixer.models import resmlp
 
-MODELS = {**mixer.VARIANTS, **resmlp.VARIANTS}
+MODELS = {**mixer.VARIANTS, **resmlp.VARIANTS, **gmlp.VARIANTS, **convmixer.VARIANTS}
 
 
 def get(name, also=()):

@@ -18,6 +18,7 @@ attributes, so that a new family edits neither this module nor `_tools`:
   `parts` times as many patches (`_tools.resize_token_mixing`).
 """
 
+import inspect
 import os
 
 import numpy as np
@@ -30,6 +31,7 @@ from keras_mixer import layers
 from keras_mixer.checkpoints import Checkpoint
 from keras_mixer.checkpoints import assign
 from keras_mixer.checkpoints import download
+from keras_mixer.checkpoints import hub
 from keras_mixer.checkpoints import read_checkpoint
 from keras_mixer.checkpoints import resize
 
@@ -45,6 +47,11 @@ PREPROCESSING_MODES = {
 }
 
 POOLINGS = (None, "avg", "max")
+
+# Per-block stochastic depth rates: "linear" rises from 0 in the first block
+# to the rate in the last (big_vision's Mixer); "uniform" gives every block
+# the rate (deit's ResMLP; timm's MlpMixer family).
+DROP_PATH_SCHEDULES = ("linear", "uniform")
 
 DEFAULT_SIZE = 224
 
@@ -163,6 +170,7 @@ def check_arguments(
     classifier_activation,
     include_preprocessing,
     preprocessing,
+    drop_path_schedule="linear",
 ):
     """Every argument check of a builder; returns the `(H, W, C)` input shape.
 
@@ -176,6 +184,13 @@ def check_arguments(
         checks.check_int(name, value)
     for name, value in rates.items():
         checks.check_rate(name, value)
+    if drop_path_schedule not in DROP_PATH_SCHEDULES:
+        raise ValueError(
+            f"Unknown `drop_path_schedule` {drop_path_schedule!r}. Use "
+            "'linear' (0 in the first block rising to drop_path_rate in the "
+            "last, as big_vision's Mixer) or 'uniform' (drop_path_rate in "
+            "every block, as deit's ResMLP and timm)."
+        )
     check_head_arguments(include_top, pooling, classes, classifier_activation)
     if include_preprocessing:
         check_preprocessing(preprocessing)
@@ -245,8 +260,12 @@ def preprocessing(mode, channels):
     return layers.Normalize(mean, std, name="preprocessing")
 
 
-def stochastic_depth_rates(drop_path_rate, num_blocks):
-    """Per-block stochastic depth rates rising linearly from 0 to the rate."""
+def stochastic_depth_rates(drop_path_rate, num_blocks, schedule="linear"):
+    """Per-block stochastic depth rates: "linear" rises from 0 in the first
+    block to `drop_path_rate` in the last (one block: 0), "uniform" is
+    `drop_path_rate` in every block."""
+    if schedule == "uniform":
+        return [float(drop_path_rate)] * num_blocks
     if num_blocks == 1:
         return [0.0]
     return [float(r) for r in np.linspace(0.0, drop_path_rate, num_blocks)]
@@ -295,30 +314,37 @@ def head(x, include_top, pooling, classes, classifier_activation, dropout_rate):
 # ----------------------------------------------------------------------------
 
 
-def read_weights(weights, family, name):
+def read_weights(weights, family, name, preprocessing=None):
     """Reads the `weights` of a builder before the model is built.
 
     Args:
-        weights: None, a `download.PresetWeights` (fetched here), or the path
-            of a checkpoint file.
+        weights: None, a `download.PresetWeights` or `hub.HubWeights`
+            (fetched here), "hf://<org>/<name>[@revision]", or the path of a
+            checkpoint file or of a Hugging Face Hub model folder.
         family: the builder's family; a checkpoint of another is refused.
         name: the model's name, for messages.
+        preprocessing: the model's input normalisation mode, or None when it
+            normalises nothing; a Hub folder whose config.json names another
+            mean and std is refused.
 
     Returns:
         None, the path of a `.weights.h5` file, or a `Checkpoint` of `family`.
     """
     if weights is None:
         return None
-    if isinstance(weights, download.PresetWeights):
+    if hub.is_hub_name(weights):
+        weights = hub.HubWeights.parse(weights)
+    if isinstance(weights, (download.PresetWeights, hub.HubWeights)):
         weights = weights.fetch()
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if not isinstance(weights, str) or not os.path.exists(weights):
         raise ValueError(
             f"`weights` {weights!r} is not an existing file. The generic "
-            "builders take None or a file path (an official .npz, a timm "
-            ".safetensors/.pth, a deit .pth or a .weights.h5); weights names "
-            "such as 'imagenet1k' belong to the named variants, e.g. "
+            "builders take None, a file path (an official .npz, a timm "
+            ".safetensors/.pth, a deit .pth or a .weights.h5), a Hugging Face "
+            "Hub model folder or 'hf://timm/<model>'; weights names such as "
+            "'imagenet1k' belong to the named variants, e.g. "
             "keras_mixer.MixerB16(weights='imagenet1k')."
         )
     if weights.endswith(".weights.h5"):
@@ -329,7 +355,43 @@ def read_weights(weights, family, name):
             f"{weights} is a {checkpoint.family} checkpoint "
             f"({checkpoint.source} layout) but {name!r} is a {family} model."
         )
+    if preprocessing is not None and checkpoint.mean_std is not None:
+        _check_source_normalisation(checkpoint, preprocessing)
     return checkpoint
+
+
+def _normalisation(mode, channels):
+    """`[mean, std]` of a preprocessing mode, per channel, float64."""
+    mean, std = PREPROCESSING_MODES[mode]
+    return np.stack([np.broadcast_to(mean, (channels,)),
+                     np.broadcast_to(std, (channels,))]).astype(np.float64)
+
+
+def _check_source_normalisation(checkpoint, mode):
+    """Refuses a model whose input normalisation differs from the one the
+    checkpoint's own metadata (a Hub config.json) names."""
+    wanted = np.asarray(checkpoint.mean_std, np.float64)
+    channels = wanted.shape[-1]
+    if np.allclose(_normalisation(mode, channels), wanted, atol=1e-4):
+        return
+    same = [m for m in PREPROCESSING_MODES
+            if np.allclose(_normalisation(m, channels), wanted, atol=1e-4)]
+    fix = (
+        f"build the model with preprocessing={same[0]!r}" if same else
+        "build it with include_preprocessing=False and normalise the input "
+        "yourself"
+    )
+
+    def show(values):
+        return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+    mean, std = _normalisation(mode, channels)
+    raise ValueError(
+        f"{checkpoint.origin}: its config.json normalises the input with mean "
+        f"{show(wanted[0])} and std {show(wanted[1])}, but the model's "
+        f"preprocessing={mode!r} uses mean {show(mean)} and std {show(std)}: "
+        f"{fix}."
+    )
 
 
 def load_weights(model, weights):
@@ -388,19 +450,21 @@ Args:
         and a dense head of `classes` units). False ends at the pre-head norm.
     weights: None (random initialisation, the default: several pretrained
         weight sets exist and none is fetched silently), a name from
-        `keras_mixer.list_weights("{function}")`, or the path of a checkpoint
+        `keras_mixer.list_weights("{function}")`, the path of a checkpoint
         (official .npz, timm .safetensors/.pth, deit .pth, or a `.weights.h5`
-        saved from keras_mixer). With `include_top=False` or another number
-        of `classes` all but the head are loaded and the head is fresh; at K
-        times the checkpoint's resolution per side the token mixing grows
-        block-diagonally (MLP-Mixer paper, Appendix C).
+        saved from keras_mixer) or of a Hugging Face Hub model folder
+        (`config.json` + `model.safetensors`), or "hf://timm/<model>"
+        (downloaded by huggingface_hub). With `include_top=False` or another
+        number of `classes` all but the head are loaded and the head is
+        fresh; at K times the checkpoint's resolution per side the token
+        mixing grows block-diagonally (MLP-Mixer paper, Appendix C).
     input_tensor: optional symbolic tensor (from `keras.Input`) to use as the
         model's input.
     input_shape: `(height, width, channels)`, default
         `({default_size}, {default_size}, 3)`. Height and width must be
         multiples of the patch size {patch_size}; any channel count works.
-    pooling: with `include_top=False`: None returns the token table
-        `(batch, tokens, {hidden_dim})`, "avg" / "max" pool over the tokens.
+    pooling: with `include_top=False`: None returns {features}, "avg" /
+        "max" pool over the positions.
     classes: number of classes of the head.
     classifier_activation: activation of the head's output ("softmax", or
         None for logits). It runs in float32 under mixed precision.
@@ -409,8 +473,8 @@ Args:
         already-normalised input, e.g. from
         `keras_mixer.preprocess_input(x, mode="{preprocessing}")`.
     dropout_rate: dropout rate inside every MLP of every block.
-    drop_path_rate: stochastic depth rate of the last block; per-block rates
-        rise linearly from 0.
+    drop_path_rate: stochastic depth rate; per block as `drop_path_schedule`
+        says ({schedule_text}).
     name: name of the model.
     **kwargs: any other keyword argument of `keras_mixer.{generic}`.
 
@@ -424,13 +488,24 @@ Example:
 """
 
 
-def make_variant(builder, config, function, default_name, docstring_fields):
+_SCHEDULE_TEXT = {
+    "linear": "default 'linear': 0 in the first block, rising to the rate in "
+    "the last, as big_vision's Mixer; 'uniform': the rate in every block",
+    "uniform": "default 'uniform': the rate in every block, as deit and timm; "
+    "'linear': 0 in the first block, rising to the rate in the last",
+}
+
+
+def make_variant(builder, config, function, default_name, docstring_fields,
+                 defaults=None):
     """Returns a public keras.applications-style constructor for one variant.
 
     The constructor only turns a weights name into `download.PresetWeights`
     (and takes the entry's GELU form and preprocessing); `builder` checks
-    every argument, then fetches the file.
+    every argument, then fetches the file. `defaults`: keyword arguments of
+    `builder` this variant defaults otherwise (a caller's value wins).
     """
+    defaults = dict(defaults or {})
 
     def constructor(
         include_top=True,
@@ -450,6 +525,8 @@ def make_variant(builder, config, function, default_name, docstring_fields):
         if entry is not None:
             kwargs.setdefault("approximate_gelu", entry["approximate_gelu"])
             kwargs.setdefault("preprocessing", entry["preprocessing"])
+        for key, value in defaults.items():
+            kwargs.setdefault(key, value)
         return builder(
             **config,
             include_top=include_top,
@@ -469,7 +546,15 @@ def make_variant(builder, config, function, default_name, docstring_fields):
     constructor.__name__ = constructor.__qualname__ = function
     # Read by train and benchmark to check an image size before any work.
     constructor.patch_size = config["patch_size"]
+    parameter = inspect.signature(builder).parameters.get("drop_path_schedule")
+    schedule = defaults.get("drop_path_schedule", getattr(parameter, "default", "linear"))
+    fields = {
+        "features": "the token table `(batch, tokens, {})`".format(
+            config.get("hidden_dim", "channels")),
+        **docstring_fields,
+    }
     constructor.__doc__ = VARIANT_DOCSTRING.format(
-        function=function, generic=builder.__name__, **config, **docstring_fields
+        function=function, generic=builder.__name__,
+        schedule_text=_SCHEDULE_TEXT[schedule], **config, **fields
     )
     return constructor

@@ -13,7 +13,8 @@ from keras_mixer.models import _builder
 
 
 def model_family(model):
-    """The family of a keras_mixer model ("mixer", "resmlp"), from its blocks."""
+    """The family of a keras_mixer model ("mixer", "resmlp", "gmlp",
+    "convmixer"), from its blocks."""
     for layer in model.layers:
         family = getattr(layer, "family", None)
         if family is not None:
@@ -29,17 +30,19 @@ def block_names(model):
 
 
 def feature_extractor(model, layer_names=None):
-    """A model with the same inputs that returns intermediate token tables.
+    """A model with the same inputs that returns intermediate features.
 
     Args:
         model: a keras_mixer model (with or without its top).
         layer_names: names of layers whose outputs to return; by default the
-            stem, every block and the pre-head norm.
+            stem, every block and the pre-head norm (where the family has
+            one).
 
     Returns:
         A `keras.Model` whose output is a dict `{layer name: tensor}`; each
-        tensor has shape `(batch, tokens, hidden_dim)`, tokens in raster order
-        (reshape to `(batch, H / patch, W / patch, hidden_dim)` for dense tasks).
+        tensor is a token table `(batch, tokens, hidden_dim)`, tokens in
+        raster order (reshape to `(batch, H / patch, W / patch, hidden_dim)`
+        for dense tasks), or for ConvMixer that map itself.
 
     Example:
     >>> model = keras_mixer.MixerS32(input_shape=(64, 64, 3))
@@ -48,9 +51,11 @@ def feature_extractor(model, layer_names=None):
     >>> tuple(outputs["block_7"].shape)
     (1, 4, 512)
     """
+    names = {layer.name for layer in model.layers}
     if layer_names is None:
-        layer_names = ["stem", *block_names(model), "pre_head_norm"]
-    missing = [n for n in layer_names if n not in {l.name for l in model.layers}]
+        layer_names = ["stem", *block_names(model)]
+        layer_names += ["pre_head_norm"] if "pre_head_norm" in names else []
+    missing = [n for n in layer_names if n not in names]
     if missing:
         raise ValueError(
             f"Model {model.name!r} has no layers named {missing}. Its layers "

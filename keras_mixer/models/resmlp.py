@@ -162,6 +162,7 @@ def ResMLP(
     approximate_gelu=None,
     head_dropout_rate=0.0,
     preprocessing=None,
+    drop_path_schedule="uniform",
 ):
     """Builds a ResMLP of any size.
 
@@ -185,6 +186,9 @@ def ResMLP(
         head_dropout_rate: dropout before the head (include_top only).
         preprocessing: input normalisation of `include_preprocessing`:
             "torch" (ImageNet mean/std, default), "tf" or "zero_one".
+        drop_path_schedule: "uniform" (default, as deit's and timm's ResMLP):
+            every block has `drop_path_rate`; "linear": the rate rises from 0
+            in the first block to `drop_path_rate` in the last.
 
     Returns:
         A `keras.Model`.
@@ -205,9 +209,13 @@ def ResMLP(
     shape = _builder.check_arguments(
         sizes, rates, include_top, input_tensor, input_shape, pooling,
         classes, classifier_activation, include_preprocessing, preprocessing,
+        drop_path_schedule,
     )
     checks.check_positive("mlp_ratio", mlp_ratio)
-    checkpoint = _builder.read_weights(weights, ResMLPBlock.family, name)
+    checkpoint = _builder.read_weights(
+        weights, ResMLPBlock.family, name,
+        preprocessing if include_preprocessing else None,
+    )
     if approximate_gelu is None:
         approximate_gelu = getattr(checkpoint, "approximate_gelu", False)
     if layerscale_init is None:
@@ -217,7 +225,9 @@ def ResMLP(
     if include_preprocessing:
         x = _builder.preprocessing(preprocessing, shape[-1])(x)
     x = layers.PatchEmbedding(patch_size, hidden_dim, name="stem")(x)
-    drop_path_rates = _builder.stochastic_depth_rates(drop_path_rate, num_blocks)
+    drop_path_rates = _builder.stochastic_depth_rates(
+        drop_path_rate, num_blocks, drop_path_schedule
+    )
     for i, rate in enumerate(drop_path_rates):
         x = ResMLPBlock(
             layerscale_init,
