@@ -64,8 +64,9 @@ def check_preprocessing(mode):
         )
 
 
-def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
-    """Checks the input arguments and returns the `(H, W, C)` input shape."""
+def resolve_input_shape(input_tensor, input_shape, size_rule, default_size):
+    """Checks the input arguments and returns the `(H, W, C)` input shape;
+    `size_rule` (a `checks.SizeRule`) says which sides the model takes."""
     if keras.config.image_data_format() != "channels_last":
         raise ValueError(
             "keras_mixer models take channels_last images (batch, height, "
@@ -91,6 +92,7 @@ def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
                 f"channels); got {tuple(input_tensor.shape)}."
             )
     if input_shape is None:
+        default_size = size_rule.only or default_size
         input_shape = tensor_shape or (default_size, default_size, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
@@ -123,7 +125,7 @@ def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
                 "make them agree."
             )
     for axis, size in zip(("height", "width"), input_shape[:2]):
-        checks.check_patch_multiple(f"Input {axis}", size, patch_size)
+        size_rule.check(f"Input {axis}", size)
     return tuple(int(s) for s in input_shape)
 
 
@@ -163,13 +165,15 @@ def check_arguments(
     classifier_activation,
     include_preprocessing,
     preprocessing,
+    size_rule=None,
 ):
     """Every argument check of a builder; returns the `(H, W, C)` input shape.
 
     Args:
-        sizes: {name: value} of the architecture's integer sizes, with
-            `patch_size` among them.
+        sizes: {name: value} of the architecture's integer sizes.
         rates: {name: value} of its dropout-like rates.
+        size_rule: the `checks.SizeRule` of the input sides; default:
+            multiples of `sizes["patch_size"]`.
         (the rest: see the public constructors.)
     """
     for name, value in sizes.items():
@@ -179,9 +183,9 @@ def check_arguments(
     check_head_arguments(include_top, pooling, classes, classifier_activation)
     if include_preprocessing:
         check_preprocessing(preprocessing)
-    return resolve_input_shape(
-        input_tensor, input_shape, sizes["patch_size"], DEFAULT_SIZE
-    )
+    if size_rule is None:
+        size_rule = checks.SizeRule(sizes["patch_size"])
+    return resolve_input_shape(input_tensor, input_shape, size_rule, DEFAULT_SIZE)
 
 
 # ----------------------------------------------------------------------------
@@ -243,6 +247,27 @@ def preprocessing(mode, channels):
     """The `Normalize` layer named "preprocessing" of `mode`."""
     mean, std = preprocessing_constants(mode, channels)
     return layers.Normalize(mean, std, name="preprocessing")
+
+
+def stage_lists(**lists):
+    """The per-stage arguments of a pyramid builder (`depths=...`,
+    `widths=...`) as tuples of one common length; a ValueError naming them
+    otherwise."""
+    lengths = set()
+    for name, value in lists.items():
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(
+                f"`{name}` must be a non-empty list with one entry per stage, "
+                f"got {value!r}."
+            )
+        lengths.add(len(value))
+    if len(lengths) > 1:
+        described = ", ".join(f"{n} has {len(v)}" for n, v in lists.items())
+        raise ValueError(
+            f"Give one entry per stage in each of {', '.join(lists)}: "
+            f"{described}."
+        )
+    return [tuple(v) for v in lists.values()]
 
 
 def stochastic_depth_rates(drop_path_rate, num_blocks):
@@ -351,12 +376,14 @@ def patch_grid(model):
 
 def grid_growth(model):
     """The model's patch grid and the token-mixing variables its blocks
-    declare, as `assign_checkpoint` takes them."""
+    declare, as `assign_checkpoint` takes them (no grid for a model whose
+    weights do not depend on the input size)."""
     token_axes = {}
     for layer in model.layers:
         for path, axes in getattr(layer, "token_axes", {}).items():
             token_axes[f"{layer.name}/{path}"] = axes
-    return dict(grid=patch_grid(model), token_axes=token_axes)
+    return dict(grid=patch_grid(model) if token_axes else None,
+                token_axes=token_axes)
 
 
 def checkpoint_parts(checkpoint, tokens_path, patch_size, shape):
@@ -388,18 +415,14 @@ Args:
     weights: None (random initialisation, the default: several pretrained
         weight sets exist and none is fetched silently), a name from
         `keras_mixer.list_weights("{function}")`, or the path of a checkpoint
-        (official .npz, timm .safetensors/.pth, deit .pth, or a `.weights.h5`
+        ({checkpoint_text}, or a `.weights.h5`
         saved from keras_mixer). With `include_top=False` or another number
-        of `classes` all but the head are loaded and the head is fresh; at K
-        times the checkpoint's resolution per side the token mixing grows
-        block-diagonally (MLP-Mixer paper, Appendix C).
+        of `classes` all but the head are loaded and the head is fresh{resize_text}.
     input_tensor: optional symbolic tensor (from `keras.Input`) to use as the
         model's input.
     input_shape: `(height, width, channels)`, default
-        `({default_size}, {default_size}, 3)`. Height and width must be
-        multiples of the patch size {patch_size}; any channel count works.
-    pooling: with `include_top=False`: None returns the token table
-        `(batch, tokens, {hidden_dim})`, "avg" / "max" pool over the tokens.
+        `({default_size}, {default_size}, 3)`. {size_text}; any channel count works.
+    pooling: with `include_top=False`: None returns {features_text}, "avg" / "max" pool over the {positions}.
     classes: number of classes of the head.
     classifier_activation: activation of the head's output ("softmax", or
         None for logits). It runs in float32 under mixed precision.
@@ -423,12 +446,31 @@ Example:
 """
 
 
-def make_variant(builder, config, function, default_name, docstring_fields):
+# The parts of VARIANT_DOCSTRING that differ for the pyramid families.
+_PATCH_FAMILY_TEXT = dict(
+    checkpoint_text="official .npz, timm .safetensors/.pth, deit .pth",
+    resize_text=(
+        "; at K\n        times the checkpoint's resolution per side the token "
+        "mixing grows\n        block-diagonally (MLP-Mixer paper, Appendix C)"
+    ),
+    size_text=(
+        "Height and width must be\n        multiples of the patch size "
+        "{patch_size}"
+    ),
+    features_text="the token table\n        `(batch, tokens, {hidden_dim})`",
+    positions="tokens",
+)
+
+
+def make_variant(builder, config, function, default_name, docstring_fields,
+                 size_rule=None):
     """Returns a public keras.applications-style constructor for one variant.
 
     The constructor only turns a weights name into `download.PresetWeights`
     (and takes the entry's GELU form and preprocessing); `builder` checks
-    every argument, then fetches the file.
+    every argument, then fetches the file. `size_rule` (a `checks.SizeRule`;
+    default: multiples of `config["patch_size"]`) becomes the constructor's
+    `size_rule`, which `train` and `benchmark` check image sizes with.
     """
 
     def constructor(
@@ -467,8 +509,14 @@ def make_variant(builder, config, function, default_name, docstring_fields):
 
     constructor.__name__ = constructor.__qualname__ = function
     # Read by train and benchmark to check an image size before any work.
-    constructor.patch_size = config["patch_size"]
+    constructor.size_rule = size_rule or checks.SizeRule(config["patch_size"])
+    fields = {
+        key: text.format(**config)
+        for key, text in _PATCH_FAMILY_TEXT.items()
+        if key not in docstring_fields
+    }
+    fields.update(docstring_fields)
     constructor.__doc__ = VARIANT_DOCSTRING.format(
-        function=function, generic=builder.__name__, **config, **docstring_fields
+        function=function, generic=builder.__name__, **config, **fields
     )
     return constructor
