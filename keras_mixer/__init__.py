@@ -1,4 +1,4 @@
-"""keras_mixer: MLP-Mixer and ResMLP for Keras 3.
+"""keras_mixer: MLP-Mixer, ResMLP, CycleMLP and Vision Permutator for Keras 3.
 
 >>> import keras_mixer
 >>> model = keras_mixer.MixerB16()  # doctest: +SKIP
@@ -27,6 +27,17 @@ from keras_mixer.models.resmlp import ResMLP12
 from keras_mixer.models.resmlp import ResMLP24
 from keras_mixer.models.resmlp import ResMLP36
 from keras_mixer.models.resmlp import ResMLPB24
+from keras_mixer.models.cyclemlp import CycleMLP
+from keras_mixer.models.cyclemlp import CycleMLPB1
+from keras_mixer.models.cyclemlp import CycleMLPB2
+from keras_mixer.models.cyclemlp import CycleMLPB3
+from keras_mixer.models.cyclemlp import CycleMLPB4
+from keras_mixer.models.cyclemlp import CycleMLPB5
+from keras_mixer.models.vip import VisionPermutator
+from keras_mixer.models.vip import ViPL7
+from keras_mixer.models.vip import ViPM7
+from keras_mixer.models.vip import ViPS7
+from keras_mixer.models.vip import ViPS14
 from keras_mixer.presets import WEIGHTS
 from keras_mixer.presets import list_weights
 from keras_mixer.version import __version__

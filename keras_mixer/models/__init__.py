@@ -1,13 +1,16 @@
 """Every named variant, by name: `MODELS = {"MixerB16": MixerB16, ...}`.
 
-One module per family (`mixer`, `resmlp`), each with its blocks, its builder,
+One module per family (`mixer`, `resmlp`, `cyclemlp`, `vip`), each with its blocks, its builder,
 `MODEL_CONFIGS` and `VARIANTS`; `_builder` holds what they share.
 """
 
+from keras_mixer.models import cyclemlp
 from keras_mixer.models import mixer
 from keras_mixer.models import resmlp
+from keras_mixer.models import vip
 
 MODELS = {**mixer.VARIANTS, **resmlp.VARIANTS}
+MODELS.update({**cyclemlp.VARIANTS, **vip.VARIANTS})
 
 
 def get(name, also=()):
