@@ -22,6 +22,8 @@ messages), `matches(keys)` and `convert(state_dict) -> Checkpoint`.
 
 from keras_mixer.checkpoints import deit_resmlp
 from keras_mixer.checkpoints import flax_mixer
+from keras_mixer.checkpoints import official_cyclemlp
+from keras_mixer.checkpoints import official_vip
 from keras_mixer.checkpoints import readers
 from keras_mixer.checkpoints import timm_mlp_mixer
 from keras_mixer.checkpoints._plan import Checkpoint
@@ -31,8 +33,10 @@ from keras_mixer.checkpoints.readers import ACCEPTED_FORMATS
 from keras_mixer.checkpoints.readers import detect_container
 
 # Every source layout read: Google's Flax MLP-Mixer, timm's MlpMixer (Mixer
-# and ResMLP blocks), deit's ResMLP. The first whose `matches` is true converts.
-KEY_MAPS = (flax_mixer, timm_mlp_mixer, deit_resmlp)
+# and ResMLP blocks), deit's ResMLP, the official CycleMLP and Vision
+# Permutator. The first whose `matches` is true converts: the CycleMLP and
+# ViP maps come before deit's, which takes any `patch_embed.proj.weight`.
+KEY_MAPS = (flax_mixer, timm_mlp_mixer, official_cyclemlp, official_vip, deit_resmlp)
 
 __all__ = [
     "ACCEPTED_FORMATS",

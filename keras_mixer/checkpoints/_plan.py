@@ -24,7 +24,8 @@ class Checkpoint:
 
     Attributes:
         tensors: {keras variable path: np.ndarray in Keras layout}.
-        family: the model family the tensors are for ("mixer", "resmlp"),
+        family: the model family the tensors are for ("mixer", "resmlp",
+            "cyclemlp", "vip"),
             compared with the model's before anything is built.
         source: the layout they were read from ("flax", "timm", "deit",
             "keras").
@@ -36,6 +37,9 @@ class Checkpoint:
         origin: where the tensors came from, for error messages (a path).
         source_keys: {keras variable path: the source's key}, for error
             messages.
+        buffers: {keras path: np.ndarray} of tensors the source stores but
+            the Keras model holds as constants (CycleMLP's Cycle FC offsets);
+            the model's builder checks them against its own.
     """
 
     tensors: dict
@@ -45,6 +49,7 @@ class Checkpoint:
     grid: tuple = None
     origin: str = "checkpoint"
     source_keys: dict = dataclasses.field(default_factory=dict)
+    buffers: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self):

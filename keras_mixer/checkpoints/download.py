@@ -3,7 +3,8 @@
 A name of `keras_mixer.presets.WEIGHTS` is resolved to a local file
 (`KERAS_MIXER_WEIGHTS_DIR`, then the Keras cache, then a download through
 `keras.utils.get_file`) whose sha256 (or the hash prefix in its published
-name) is verified.
+name) is verified. An HTML page saved in place of the file (a host's
+download confirmation) is refused with the way to get the file.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import re
 import keras
 
 from keras_mixer import presets
+from keras_mixer.checkpoints import readers
 
 
 def expected_hash(entry):
@@ -46,6 +48,29 @@ def verify_file(path, entry):
         )
 
 
+def refuse_web_page(path, entry, remove):
+    """Raises when `path` holds an HTML page instead of the weights (Google
+    Drive answers a download of a large file with a confirmation page),
+    saying how to get the file; `remove` deletes that page from the cache
+    first, so that the next call downloads again."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if not readers.is_web_page(head):
+        return
+    if remove:
+        os.remove(path)
+    page = entry.get("page", entry["url"])
+    raise ValueError(
+        f"{entry['url']} sent an HTML page, not the weights file"
+        f"{' (removed from the cache)' if remove else f' ({path})'}: the "
+        "host asks a person to confirm the download (Google Drive does so for "
+        f"large files). Open {page} in a browser, download the file, and put "
+        f"it at {os.path.join(cache_dir(), entry['filename'])} (or in the "
+        "folder named by KERAS_MIXER_WEIGHTS_DIR, as "
+        f"{entry['filename']}), or pass its path as weights=..."
+    )
+
+
 def cache_dir():
     """Where downloaded weights are kept: `$KERAS_HOME/models/keras_mixer`."""
     home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
@@ -61,10 +86,12 @@ def fetch(model_name, weights_name):
     if local_dir:
         path = os.path.join(local_dir, entry["filename"])
         if os.path.exists(path):
+            refuse_web_page(path, entry, remove=False)
             verify_file(path, entry)
             return path
     cached = os.path.join(cache_dir(), entry["filename"])
     if os.path.exists(cached):
+        refuse_web_page(cached, entry, remove=True)
         verify_file(cached, entry)
         return cached
     # get_file falls back to /tmp/.keras when the folder does not exist yet.
@@ -84,6 +111,7 @@ def fetch(model_name, weights_name):
             f"named by KERAS_MIXER_WEIGHTS_DIR, as {entry['filename']}), or "
             "pass its path as weights=..."
         ) from None
+    refuse_web_page(path, entry, remove=True)
     verify_file(path, entry)
     return path
 
@@ -129,6 +157,6 @@ def resolve(model_name, weights):
     raise ValueError(
         f"`weights` {weights!r} is neither a weights name of {model_name} "
         f"({names}) nor an existing file. Pass None, a name, or the path of "
-        "an official .npz, a timm .safetensors/.pth, a deit .pth or a "
-        ".weights.h5 file."
+        "a checkpoint (official .npz, timm .safetensors/.pth, deit, CycleMLP "
+        "or ViP .pth) or a .weights.h5 file."
     )
