@@ -8,8 +8,6 @@ import pytest
 
 import keras_mixer
 from keras_mixer.models import _builder
-from keras_mixer.models import mixer
-from keras_mixer.models import resmlp
 
 # Parameter counts with a 1000-class head at 224x224 (MLP-Mixer paper Table 1
 # as published by the reference implementations; ResMLP as deit).
@@ -26,14 +24,25 @@ GOLDEN_PARAMS = {
     "ResMLP24": 30_020_680,
     "ResMLP36": 44_690_488,
     "ResMLPB24": 129_138_280,
+    # CycleMLP and ViP: the authors' models' parameters(), without
+    # CycleMLP's offset buffers (constants here).
+    "CycleMLPB1": 15_155_400,
+    "CycleMLPB2": 26_802_504,
+    "CycleMLPB3": 38_385_720,
+    "CycleMLPB4": 51_796_552,
+    "CycleMLPB5": 75_747_280,
+    "ViPS14": 29_892_904,
+    "ViPS7": 25_114_984,
+    "ViPM7": 55_272_488,
+    "ViPL7": 87_784_936,
 }
 MODEL_LIST = sorted(keras_mixer.MODELS)
+# Each variant's smallest side (its patch size or total stride); None for
+# Vision Permutator, which takes 224 only (tests/test_pyramid.py runs small
+# configurations of it, and test_parameter_count builds every variant).
 PATCH = {
-    name: (mixer.MODEL_CONFIGS | resmlp.MODEL_CONFIGS)[key]["patch_size"]
-    for name, key in [
-        *[(f"Mixer{k.replace('/', '')}", k) for k in mixer.MODEL_CONFIGS],
-        *[(f"ResMLP{k}", k) for k in resmlp.MODEL_CONFIGS],
-    ]
+    name: constructor.size_rule.multiple if constructor.size_rule.only is None else None
+    for name, constructor in keras_mixer.MODELS.items()
 }
 
 
@@ -52,7 +61,7 @@ def test_golden_table_covers_every_registered_variant():
 
 
 @pytest.mark.parametrize("name", MODEL_LIST)
-def test_parameter_count(name):
+def test_parameter_count(name, constant_initializers):
     model = keras_mixer.MODELS[name]()
     assert model.input_shape == (None, 224, 224, 3)
     assert model.output_shape == (None, 1000)
@@ -60,7 +69,11 @@ def test_parameter_count(name):
     assert model.name == keras_mixer.MODELS[name].__defaults__[-1]
 
 
-@pytest.mark.parametrize("name", MODEL_LIST)
+# The pyramid variants differ from CycleMLP-B1 only in sizes.
+SMALL_FORWARD = [n for n in MODEL_LIST if PATCH[n] and not n.startswith("CycleMLPB")]
+
+
+@pytest.mark.parametrize("name", [*SMALL_FORWARD, "CycleMLPB1"])
 def test_forward_at_small_size(name):
     size = 2 * PATCH[name]
     model = keras_mixer.MODELS[name](
