@@ -24,6 +24,7 @@ import pytest
 import keras_mixer
 from keras_mixer import benchmark
 from keras_mixer import checkpoints
+from keras_mixer import train
 from keras_mixer.checkpoints import assign
 from keras_mixer.models import cyclemlp
 from keras_mixer.models import vip
@@ -316,6 +317,12 @@ def test_official_layouts_are_read_strictly():
      r"`widths\[0\]` must be an integer >= 4, got 2"),
     (lambda: benchmark.check_arguments("ViPM7", image_size=448),
      "image_size 448: ViPM7's input side must be 224"),
+    (lambda: train.check_inputs(dict(config="x", dataset="digits", model="ViPS7",
+                                     image_size=256, teacher=None)),
+     "--image_size 256: ViPS7's input side must be 224"),
+    (lambda: train.check_inputs(dict(config="x", dataset="digits", model="CycleMLPB2",
+                                     image_size=200, teacher=None)),
+     "--image_size 200 is not a multiple of CycleMLPB2's total stride 32: use 192 or 224"),
 ])
 def test_sizes_are_refused_with_reasons(build, message):
     with pytest.raises(ValueError, match=message):
@@ -393,6 +400,26 @@ def test_mixed_precision_dtypes():
         y = model(x)
         assert y.dtype == "float32"
         np.testing.assert_allclose(np.sum(y, -1), 1.0, rtol=1e-5)
+
+
+def test_training_reaches_every_weight():
+    import tensorflow as tf
+
+    for model, state in (
+        (keras_mixer.CycleMLP(**CYCLE, input_shape=(64, 64, 3), classes=CLASSES,
+                              drop_path_rate=0.2, classifier_activation=None),
+         cycle_state(16)),
+        (keras_mixer.VisionPermutator(**VIP_S7, classes=CLASSES, drop_path_rate=0.2,
+                                      classifier_activation=None),
+         vip_state(VIP_S7, 16)),
+    ):
+        assign.assign_checkpoint(model, checkpoints.convert_arrays(state))
+        x = tf.constant(images(model.input_shape[1:], 17, batch=4))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True) ** 2)
+        grads = tape.gradient(loss, model.trainable_weights)
+        for v, g in zip(model.trainable_weights, grads):
+            assert g is not None and float(tf.reduce_max(tf.abs(g))) > 0, v.path
 
 
 def test_stem_figure_and_cli(tmp_path, cli_usage_error):
