@@ -342,7 +342,8 @@ def read_weights(weights, family, name):
         raise ValueError(
             f"`weights` {weights!r} is not an existing file. The generic "
             "builders take None or a file path (an official .npz, a timm "
-            ".safetensors/.pth, a deit .pth or a .weights.h5); weights names "
+            ".safetensors/.pth, a deit, CycleMLP or ViP .pth or a "
+            ".weights.h5); weights names "
             "such as 'imagenet1k' belong to the named variants, e.g. "
             "keras_mixer.MixerB16(weights='imagenet1k')."
         )

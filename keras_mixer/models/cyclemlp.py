@@ -65,13 +65,11 @@ def check_offsets(checkpoint):
     """Refuses a checkpoint whose Cycle FC offset buffers differ from the
     fixed pattern, naming the tensor (before the model is built)."""
     for path, value in getattr(checkpoint, "buffers", {}).items():
-        fc = path.split("/")[-2]
-        kernel = checkpoint.tensors.get(path.rsplit("/", 1)[0] + "/kernel")
-        channels = None if kernel is None else kernel.shape[0]
-        expected = cycle_offsets(channels or 0, CYCLE_KERNELS[fc])
-        if channels is None or value.shape != expected.shape or not np.array_equal(
-            value, expected
-        ):
+        layer, _ = path.rsplit("/", 1)  # .../token_mixing/sfc_h
+        fc = layer.rsplit("/", 1)[-1]
+        channels = checkpoint.tensors[f"{layer}/kernel"].shape[0]
+        expected = cycle_offsets(channels, CYCLE_KERNELS[fc])
+        if value.shape != expected.shape or not np.array_equal(value, expected):
             key = checkpoint.source_keys.get(path, path)
             raise ValueError(
                 f"{checkpoint.origin}: the Cycle FC offsets {key!r} (shape "
@@ -466,8 +464,8 @@ def _variant(key):
             ),
             features_text=(
                 "the map\n        `(batch, height / 32, width / 32, "
-                f"{config['widths'][-1]})`; `keras_mixer.feature_extractor` "
-                "gives\n        the four stage outputs"
+                f"{config['widths'][-1]})` (`keras_mixer.feature_extractor` "
+                "gives\n        the four stage outputs)"
             ),
             positions="positions",
         ),

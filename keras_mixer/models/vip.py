@@ -444,13 +444,12 @@ def _variant(key):
             resize_text="",
             size_text=(
                 f"The only size is {side}x{side}:\n        the permute "
-                "layers' weights are sized by the map of the training "
-                "resolution"
+                "layers' weights are sized by the training resolution"
             ),
             features_text=(
-                "the map\n        `(batch, {s}, {s}, {c})`; "
-                "`keras_mixer.feature_extractor` gives the four\n        "
-                "stage outputs"
+                "the map\n        `(batch, {s}, {s}, {c})` "
+                "(`keras_mixer.feature_extractor` gives the four\n        "
+                "stage outputs)"
             ).format(s=config["segment_dims"][-1], c=config["widths"][-1]),
             positions="positions",
         ),
