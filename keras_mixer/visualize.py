@@ -25,9 +25,9 @@ mosaic image, so even Mixer-H/14's 640 units draw in a fraction of a second.
 import numpy as np
 
 from keras_mixer import checks
-from keras_mixer.layers import ConvEmbedding
 from keras_mixer.layers import PatchEmbedding
 from keras_mixer.models import _builder
+from keras_mixer.models._pyramid import ConvEmbedding
 from keras_mixer.models.mixer import MixerBlock
 from keras_mixer.models.resmlp import ResMLPBlock
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from keras_mixer import layers as L
+from keras_mixer.models import _pyramid
 from keras_mixer.models import cyclemlp
 from keras_mixer.models import mixer
 from keras_mixer.models import resmlp
@@ -22,7 +23,7 @@ IMAGE = (2, 8, 12, 3)
 MAP = (2, 4, 4, 8)  # batch, height, width, channels (the pyramid families)
 
 # Every module that defines layers: the shared ones and each family's.
-LAYER_MODULES = (L, mixer, resmlp, cyclemlp, vip)
+LAYER_MODULES = (L, mixer, resmlp, _pyramid, cyclemlp, vip)
 
 # (factory, input shape) for every layer of LAYER_MODULES.
 LAYER_CASES = {
@@ -37,8 +38,8 @@ LAYER_CASES = {
     "Affine": (lambda: L.Affine(), TOKENS),
     "LayerScale": (lambda: L.LayerScale(0.1), TOKENS),
     "ResMLPBlock": (lambda: resmlp.ResMLPBlock(1e-5, drop_path_rate=0.1), TOKENS),
-    "ConvEmbedding": (lambda: L.ConvEmbedding(6, 3, strides=2, padding=1), IMAGE),
-    "SplitAttention": (lambda: L.SplitAttention(3), (2, 8)),
+    "ConvEmbedding": (lambda: _pyramid.ConvEmbedding(6, 3, strides=2, padding=1), IMAGE),
+    "SplitAttention": (lambda: _pyramid.SplitAttention(3), (2, 8)),
     "CycleFC": (lambda: cyclemlp.CycleFC(5, (3, 1)), MAP),
     "CycleMixing": (lambda: cyclemlp.CycleMixing(), MAP),
     "CycleBlock": (lambda: cyclemlp.CycleBlock(2, drop_path_rate=0.1), MAP),

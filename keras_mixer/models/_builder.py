@@ -249,27 +249,6 @@ def preprocessing(mode, channels):
     return layers.Normalize(mean, std, name="preprocessing")
 
 
-def stage_lists(**lists):
-    """The per-stage arguments of a pyramid builder (`depths=...`,
-    `widths=...`) as tuples of one common length; a ValueError naming them
-    otherwise."""
-    lengths = set()
-    for name, value in lists.items():
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ValueError(
-                f"`{name}` must be a non-empty list with one entry per stage, "
-                f"got {value!r}."
-            )
-        lengths.add(len(value))
-    if len(lengths) > 1:
-        described = ", ".join(f"{n} has {len(v)}" for n, v in lists.items())
-        raise ValueError(
-            f"Give one entry per stage in each of {', '.join(lists)}: "
-            f"{described}."
-        )
-    return [tuple(v) for v in lists.values()]
-
-
 def stochastic_depth_rates(drop_path_rate, num_blocks):
     """Per-block stochastic depth rates rising linearly from 0 to the rate."""
     if num_blocks == 1:

@@ -22,6 +22,7 @@ from keras import ops
 from keras_mixer import checks
 from keras_mixer import layers
 from keras_mixer.models import _builder
+from keras_mixer.models import _pyramid
 
 MODEL_CONFIGS = {
     "B1": dict(depths=(2, 2, 4, 2), widths=(64, 128, 320, 512), mlp_ratios=(4, 4, 4, 4)),
@@ -163,7 +164,7 @@ class CycleMixing(keras.layers.Layer):
         y = proj(a_h * h + a_w * w + a_c * c)
 
     on maps `(batch, height, width, channels)`; `reweight` is
-    `layers.SplitAttention` (a softmax over the three branches per channel).
+    `_pyramid.SplitAttention` (a softmax over the three branches per channel).
 
     Args:
         approximate_gelu: bool, the GELU form of `reweight` (exact by
@@ -184,7 +185,7 @@ class CycleMixing(keras.layers.Layer):
             setattr(self, name, fc)
         self.mlp_c = layers.Dense(dim, use_bias=False, kernel_initializer=_INIT,
                                   dtype=policy, name="mlp_c")
-        self.reweight = layers.SplitAttention(
+        self.reweight = _pyramid.SplitAttention(
             3, approximate_gelu=self.approximate_gelu, kernel_initializer=_INIT,
             dtype=policy, name="reweight",
         )
@@ -200,7 +201,7 @@ class CycleMixing(keras.layers.Layer):
         w = self.sfc_w(inputs)
         c = self.mlp_c(inputs)
         weights = self.reweight(ops.mean(h + w + c, axis=(1, 2)))
-        return self.proj(layers.weighted_sum((h, w, c), weights))
+        return self.proj(_pyramid.weighted_sum((h, w, c), weights))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -378,7 +379,7 @@ def CycleMLP(
     preprocessing = preprocessing or "torch"
     if isinstance(mlp_ratios, (int, float)) and isinstance(depths, (list, tuple)):
         mlp_ratios = (mlp_ratios,) * len(depths)
-    depths, widths, mlp_ratios = _builder.stage_lists(
+    depths, widths, mlp_ratios = _pyramid.stage_lists(
         depths=depths, widths=widths, mlp_ratios=mlp_ratios
     )
     sizes = {f"depths[{i}]": d for i, d in enumerate(depths)}
@@ -402,13 +403,13 @@ def CycleMLP(
     inputs, x = _builder.model_inputs(input_tensor, shape)
     if include_preprocessing:
         x = _builder.preprocessing(preprocessing, shape[-1])(x)
-    x = layers.ConvEmbedding(widths[0], 7, strides=4, padding=2, name="stem")(x)
+    x = _pyramid.ConvEmbedding(widths[0], 7, strides=4, padding=2, name="stem")(x)
     drop_path_rates = iter(
         _builder.stochastic_depth_rates(drop_path_rate, sum(depths))
     )
     for s, (depth, width, ratio) in enumerate(zip(depths, widths, mlp_ratios)):
         if s > 0:
-            x = layers.ConvEmbedding(
+            x = _pyramid.ConvEmbedding(
                 width, 3, strides=2, padding=1, name=f"downsample_{s}"
             )(x)
         for j in range(depth):

@@ -22,6 +22,7 @@ from keras import ops
 from keras_mixer import checks
 from keras_mixer import layers
 from keras_mixer.models import _builder
+from keras_mixer.models import _pyramid
 
 MODEL_CONFIGS = {
     "S14": dict(patch_size=14, depths=(4, 3, 8, 3), widths=(384, 384, 384, 384),
@@ -73,7 +74,7 @@ class PermuteMixing(keras.layers.Layer):
         y = proj(a_h * h + a_w * w + a_c * c)
 
     `mlp_h`, `mlp_w`, `mlp_c` are (C, C) without bias; `reweight` is
-    `layers.SplitAttention`. The map must be `segment_dim` x `segment_dim`.
+    `_pyramid.SplitAttention`. The map must be `segment_dim` x `segment_dim`.
 
     Args:
         segment_dim: int, the number of channel segments, which must equal
@@ -105,7 +106,7 @@ class PermuteMixing(keras.layers.Layer):
                                  dtype=policy, name=name)
             dense.build((None, dim))
             setattr(self, name, dense)
-        self.reweight = layers.SplitAttention(
+        self.reweight = _pyramid.SplitAttention(
             3, approximate_gelu=self.approximate_gelu, kernel_initializer=_INIT,
             dtype=policy, name="reweight",
         )
@@ -120,7 +121,7 @@ class PermuteMixing(keras.layers.Layer):
         w = permute_branch(inputs, self.mlp_w, self.segment_dim, 2)
         c = self.mlp_c(inputs)
         weights = self.reweight(ops.mean(h + w + c, axis=(1, 2)))
-        return self.proj(layers.weighted_sum((h, w, c), weights))
+        return self.proj(_pyramid.weighted_sum((h, w, c), weights))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -359,7 +360,7 @@ def VisionPermutator(
     preprocessing = preprocessing or "torch"
     if isinstance(mlp_ratios, (int, float)) and isinstance(depths, (list, tuple)):
         mlp_ratios = (mlp_ratios,) * len(depths)
-    depths, widths, transitions, segment_dims, mlp_ratios = _builder.stage_lists(
+    depths, widths, transitions, segment_dims, mlp_ratios = _pyramid.stage_lists(
         depths=depths, widths=widths, transitions=transitions,
         segment_dims=segment_dims, mlp_ratios=mlp_ratios,
     )
@@ -387,7 +388,7 @@ def VisionPermutator(
     inputs, x = _builder.model_inputs(input_tensor, shape)
     if include_preprocessing:
         x = _builder.preprocessing(preprocessing, shape[-1])(x)
-    x = layers.ConvEmbedding(widths[0], patch_size, strides=patch_size,
+    x = _pyramid.ConvEmbedding(widths[0], patch_size, strides=patch_size,
                              name="stem")(x)
     drop_path_rates = iter(
         _builder.stochastic_depth_rates(drop_path_rate, sum(depths))
@@ -395,7 +396,7 @@ def VisionPermutator(
     stages = zip(depths, widths, segment_dims, mlp_ratios)
     for s, (depth, width, segment_dim, ratio) in enumerate(stages):
         if s in kernels:
-            x = layers.ConvEmbedding(width, kernels[s], strides=kernels[s],
+            x = _pyramid.ConvEmbedding(width, kernels[s], strides=kernels[s],
                                      name=f"downsample_{s}")(x)
         for j in range(depth):
             x = PermutatorBlock(
