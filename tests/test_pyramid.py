@@ -443,128 +443,24 @@ def test_stem_figure_and_cli(tmp_path, cli_usage_error):
     assert "Input height 256: the input side must be 224" in message
 
 
-def test_cli_summary_by_name(constant_initializers):
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_mixer", "summary", "--model=CycleMLPB1",
-         "--image_size=64"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "stage_3_block_1" in result.stdout
-    assert "parameters: 15,155,400" in result.stdout
+def test_cli_summary_by_name(constant_initializers, capsys):
+    """`keras-mixer summary --model CycleMLPB1` in this process (the console
+    script's own path is tested in tests/test_cli.py)."""
+    from absl import flags
+
+    from keras_mixer import cli
+
+    argv = flags.FLAGS(["keras-mixer", "summary", "--model=CycleMLPB1",
+                        "--image_size=64"])
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        flags.FLAGS.unparse_flags()
+    out = capsys.readouterr().out
+    assert "stage_3_block_1" in out
+    assert "parameters: 15,155,400" in out
     flops = keras_mixer.count_flops(keras_mixer.CycleMLPB1(input_shape=(64, 64, 3)))
-    assert f"(2 x multiply-accumulates): {flops / 1e9:.2f}" in result.stdout
-
-
-# ----------------------------------------------------------------------------
-# JAX and PyTorch, in fresh processes.
-# ----------------------------------------------------------------------------
-
-_BACKEND_SCRIPT = r"""
-import json, os, sys
-import numpy as np
-import keras
-from keras.src.initializers import random_initializers
-import keras_mixer
-
-# Every variable below is set from a file (assign_checkpoint refuses a
-# variable left out), so the random draws of the initial values are skipped:
-# on JAX each new shape compiles its own.
-def zeros(self, shape, dtype=None):
-    return keras.ops.zeros(shape, dtype=dtype)
-for name in ("RandomNormal", "TruncatedNormal", "RandomUniform", "VarianceScaling"):
-    setattr(getattr(random_initializers, name), "__call__", zeros)
-
-if keras.backend.backend() == "jax":
-    import jax
-    jax.config.update("jax_default_matmul_precision", "highest")
-
-    def run(model, x):  # one compiled function instead of op-by-op compiles
-        call = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0])
-        out = call([v.value for v in model.trainable_variables],
-                   [v.value for v in model.non_trainable_variables], x)
-        return jax.tree_util.tree_map(np.asarray, out)
-else:
-    def run(model, x):
-        out = model(x, training=False)
-        return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
-
-data, cases, out_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-outputs = {}
-for case in cases:
-    builder = getattr(keras_mixer, case["builder"])
-    prefix = os.path.join(data, case["name"])
-    x = np.load(prefix + ".input.npy", allow_pickle=False)
-    # A file in the official layout: logits and stage outputs.
-    model = builder(**case["reference_kwargs"], weights=case["weights"])
-    features = keras_mixer.feature_extractor(model).output
-    both = keras.Model(model.input, {"logits": model.output, **features})
-    for key, value in run(both, x).items():
-        outputs[f"reference_{case['name']}/{key}"] = value
-    # The .keras and .weights.h5 files saved on TensorFlow.
-    whole = keras.models.load_model(prefix + ".keras", safe_mode=True)
-    outputs[case["name"] + "/keras"] = run(whole, x)
-    rebuilt = builder(**case["saved_kwargs"])
-    rebuilt.load_weights(prefix + ".weights.h5")
-    outputs[case["name"] + "/weights_h5"] = run(rebuilt, x)
-np.savez(out_path, **outputs)
-print("BACKEND=" + keras.backend.backend())
-"""
-
-
-def test_jax_and_pytorch_match_the_reference_and_load_saved_files(tmp_path):
-    """One process per backend, both at once: files in the official layouts
-    give the reference's logits and stage outputs (rel err < 1e-5), and the
-    .keras / .weights.h5 files saved on TensorFlow (tests/data) give the
-    logits saved with them."""
-    cases, expected = [], {}
-    for name, builder, config, state in (
-        ("cyclemlp", "CycleMLP", CYCLE, cycle_state(20)),
-        ("vip", "VisionPermutator", VIP_S7, vip_state(VIP_S7, 22)),
-    ):
-        with open(os.path.join(DATA, f"{name}.json")) as f:
-            saved = json.load(f)
-        assert saved["builder"] == builder
-        # The images saved with the .keras file: one batch size for all
-        # calls, so that the compiled functions are shared.
-        x = np.load(os.path.join(DATA, f"{name}.input.npy"))
-        weights = tmp_path / f"{name}.npz"
-        np.savez(weights, **state)
-        kwargs = {k: v if k == "patch_size" else list(v) for k, v in config.items()}
-        kwargs.update(classes=CLASSES, classifier_activation=None,
-                      input_shape=list(x.shape[1:]))
-        cases.append(dict(name=name, builder=builder, reference_kwargs=kwargs,
-                          weights=str(weights), saved_kwargs=saved["kwargs"]))
-        if name == "cyclemlp":
-            logits = R.cyclemlp_forward(state, x, logits=True)
-            features = R.cyclemlp_features(state, x)
-        else:
-            logits = vip_reference(state, config, x, logits=True)
-            features = R.vip_features(state, x, config["segment_dims"])
-        expected[f"reference_{name}/logits"] = logits
-        for key, value in features.items():
-            expected[f"reference_{name}/{key}"] = value
-        saved_logits = np.load(os.path.join(DATA, f"{name}.logits.npy"))
-        expected[f"{name}/keras"] = expected[f"{name}/weights_h5"] = saved_logits
-    processes = {}
-    for backend in ("jax", "torch"):
-        env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu",
-                   TF_CPP_MIN_LOG_LEVEL="3",
-                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-        out = tmp_path / f"{backend}.npz"
-        processes[backend] = (out, subprocess.Popen(
-            [sys.executable, "-c", _BACKEND_SCRIPT, DATA, json.dumps(cases), str(out)],
-            cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
-    for backend, (out, process) in processes.items():
-        stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stdout[-2000:] + stderr[-4000:]
-        assert stdout.strip().splitlines()[-1] == f"BACKEND={backend}"
-        with np.load(out, allow_pickle=False) as got:
-            assert sorted(got.files) == sorted(expected)
-            for key, value in expected.items():
-                assert rel_err(got[key], value) < RTOL, (backend, key)
+    assert f"(2 x multiply-accumulates): {flops / 1e9:.2f}" in out
 
 
 # ----------------------------------------------------------------------------
@@ -607,3 +503,136 @@ def test_export_saved_model_tflite_and_onnx(tmp_path):
     report = export.to_onnx(models["cyclemlp"], str(tmp_path / "cyclemlp.onnx"),
                             check_data=images((64, 64, 3), 34))
     assert report["max_relative_error"] < 1e-5
+
+
+# ----------------------------------------------------------------------------
+# JAX and PyTorch, in fresh processes that run while the module's other tests
+# do (the fixture starts them; the module's last test waits for them).
+# ----------------------------------------------------------------------------
+
+_BACKEND_SCRIPT = r"""
+import json, os, sys
+import numpy as np
+import keras
+from keras.src.initializers import random_initializers
+import keras_mixer
+
+# Every variable below is set from a file (assign_checkpoint refuses a
+# variable left out), so the random draws of the initial values are skipped:
+# on JAX each new shape compiles its own.
+def zeros(self, shape, dtype=None):
+    return keras.ops.zeros(shape, dtype=dtype)
+for name in ("RandomNormal", "TruncatedNormal", "RandomUniform", "VarianceScaling"):
+    setattr(getattr(random_initializers, name), "__call__", zeros)
+
+if keras.backend.backend() == "jax":
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+    def run(model, x):  # one compiled function instead of op-by-op compiles
+        call = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0])
+        out = call([v.value for v in model.trainable_variables],
+                   [v.value for v in model.non_trainable_variables], x)
+        return jax.tree_util.tree_map(np.asarray, out)
+else:
+    def run(model, x):
+        out = model(x, training=False)
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
+
+data, cases, out_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+outputs = {}
+for case in cases:
+    builder = getattr(keras_mixer, case["builder"])
+    prefix = os.path.join(data, case["name"])
+    x = np.load(prefix + ".input.npy", allow_pickle=False)
+    # A file in the official layout: logits and stage outputs.
+    model = builder(**case["kwargs"], weights=case["weights"])
+    features = keras_mixer.feature_extractor(model).output
+    both = keras.Model(model.input, {"logits": model.output, **features})
+    for key, value in run(both, x).items():
+        outputs[f"reference_{case['name']}/{key}"] = value
+    # The .keras file saved on TensorFlow.
+    whole = keras.models.load_model(prefix + ".keras", safe_mode=True)
+    outputs[case["name"] + "/keras"] = run(whole, x)
+np.savez(out_path, **outputs)
+print("BACKEND=" + keras.backend.backend())
+"""
+BACKENDS = ("jax", "torch")
+# name: (builder, configuration, seed of the state in the official layout)
+BACKEND_CASES = {
+    "cyclemlp": ("CycleMLP", CYCLE, 20),
+    "vip": ("VisionPermutator", VIP_S7, 22),
+}
+
+
+def _official_state(name):
+    _, config, seed = BACKEND_CASES[name]
+    return cycle_state(seed) if name == "cyclemlp" else vip_state(config, seed)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def other_backends(request, tmp_path_factory):
+    """Starts one process per backend when the module starts, if the test
+    that checks them is selected: {backend: (output file, process)}."""
+    if not any(item.name == "test_jax_and_pytorch_match_the_reference_and_load_saved_files"
+               for item in request.session.items):
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("backends")
+    cases = []
+    for name, (builder, config, _) in BACKEND_CASES.items():
+        weights = folder / f"{name}.npz"
+        np.savez(weights, **_official_state(name))
+        shape = np.load(os.path.join(DATA, f"{name}.input.npy"), mmap_mode="r").shape
+        kwargs = {k: v if k == "patch_size" else list(v) for k, v in config.items()}
+        kwargs.update(classes=CLASSES, classifier_activation=None,
+                      input_shape=list(shape[1:]))
+        cases.append(dict(name=name, builder=builder, kwargs=kwargs,
+                          weights=str(weights)))
+    processes = {}
+    for backend in BACKENDS:
+        env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu",
+                   TF_CPP_MIN_LOG_LEVEL="3",
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        out = folder / f"{backend}.npz"
+        processes[backend] = (out, subprocess.Popen(
+            [sys.executable, "-c", _BACKEND_SCRIPT, DATA, json.dumps(cases), str(out)],
+            cwd=str(folder), env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    yield processes
+    for _, process in processes.values():
+        if process.poll() is None:  # the test did not run (a failure before)
+            process.kill()
+            process.communicate()
+
+
+def test_jax_and_pytorch_match_the_reference_and_load_saved_files(other_backends):
+    """JAX and PyTorch (one fresh process each, both at once): files in the
+    official layouts give the reference's logits and stage outputs (rel err
+    < 1e-5), and the .keras files saved on TensorFlow (tests/data) give the
+    logits saved with them. The images are those saved with the .keras files
+    (one batch size for every call, so JAX compiles fewer functions)."""
+    expected = {}
+    for name, (builder, config, _) in BACKEND_CASES.items():
+        with open(os.path.join(DATA, f"{name}.json")) as f:
+            assert json.load(f)["builder"] == builder
+        state = _official_state(name)
+        x = np.load(os.path.join(DATA, f"{name}.input.npy"))
+        if name == "cyclemlp":
+            logits = R.cyclemlp_forward(state, x, logits=True)
+            features = R.cyclemlp_features(state, x)
+        else:
+            logits = vip_reference(state, config, x, logits=True)
+            features = R.vip_features(state, x, config["segment_dims"])
+        expected[f"reference_{name}/logits"] = logits
+        for key, value in features.items():
+            expected[f"reference_{name}/{key}"] = value
+        expected[f"{name}/keras"] = np.load(os.path.join(DATA, f"{name}.logits.npy"))
+    for backend, (out, process) in other_backends.items():
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stdout[-2000:] + stderr[-4000:]
+        assert stdout.strip().splitlines()[-1] == f"BACKEND={backend}"
+        with np.load(out, allow_pickle=False) as got:
+            assert sorted(got.files) == sorted(expected)
+            for key, value in expected.items():
+                assert rel_err(got[key], value) < RTOL, (backend, key)
