@@ -41,6 +41,22 @@ def reference():
     return module
 
 
+@pytest.fixture
+def constant_initializers(monkeypatch):
+    """Keras's random initialisers return zeros while the test runs: for
+    tests that build full-size models only to count their parameters or
+    FLOPs, which do not depend on the values (the random draws take most of
+    the time of such a build)."""
+    from keras.src.initializers import random_initializers as initializers
+
+    def zeros(self, shape, dtype=None):
+        return keras.ops.zeros(shape, dtype=dtype)
+
+    for name in ("RandomNormal", "TruncatedNormal", "RandomUniform",
+                 "VarianceScaling"):
+        monkeypatch.setattr(getattr(initializers, name), "__call__", zeros)
+
+
 @pytest.fixture(autouse=True)
 def _doctest_namespace(doctest_namespace):
     doctest_namespace.update(np=np, keras=keras, keras_mixer=keras_mixer)

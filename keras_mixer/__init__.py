@@ -1,4 +1,5 @@
-"""keras_mixer: MLP-Mixer, ResMLP, gMLP, gMixer and ConvMixer for Keras 3.
+"""keras_mixer: all-MLP vision models for Keras 3 (MLP-Mixer, ResMLP, gMLP,
+gMixer, ConvMixer, CycleMLP, Vision Permutator).
 
 `import keras_mixer` loads the models, their layers and everything a saved
 `.keras` file of this package refers to (layers, the learning-rate schedule),
@@ -36,6 +37,12 @@ from keras_mixer.models.convmixer import ConvMixer  # noqa: E402
 from keras_mixer.models.convmixer import ConvMixer768_32  # noqa: E402
 from keras_mixer.models.convmixer import ConvMixer1024_20  # noqa: E402
 from keras_mixer.models.convmixer import ConvMixer1536_20  # noqa: E402
+from keras_mixer.models.cyclemlp import CycleMLP  # noqa: E402
+from keras_mixer.models.cyclemlp import CycleMLPB1  # noqa: E402
+from keras_mixer.models.cyclemlp import CycleMLPB2  # noqa: E402
+from keras_mixer.models.cyclemlp import CycleMLPB3  # noqa: E402
+from keras_mixer.models.cyclemlp import CycleMLPB4  # noqa: E402
+from keras_mixer.models.cyclemlp import CycleMLPB5  # noqa: E402
 from keras_mixer.models.gmlp import GMLP  # noqa: E402
 from keras_mixer.models.gmlp import GMLPB16  # noqa: E402
 from keras_mixer.models.gmlp import GMLPS16  # noqa: E402
@@ -56,6 +63,11 @@ from keras_mixer.models.resmlp import ResMLP12  # noqa: E402
 from keras_mixer.models.resmlp import ResMLP24  # noqa: E402
 from keras_mixer.models.resmlp import ResMLP36  # noqa: E402
 from keras_mixer.models.resmlp import ResMLPB24  # noqa: E402
+from keras_mixer.models.vip import VisionPermutator  # noqa: E402
+from keras_mixer.models.vip import ViPL7  # noqa: E402
+from keras_mixer.models.vip import ViPM7  # noqa: E402
+from keras_mixer.models.vip import ViPS7  # noqa: E402
+from keras_mixer.models.vip import ViPS14  # noqa: E402
 from keras_mixer.presets import WEIGHTS  # noqa: E402
 from keras_mixer.presets import list_weights  # noqa: E402
 from keras_mixer.version import __version__  # noqa: E402

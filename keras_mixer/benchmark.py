@@ -113,12 +113,10 @@ def check_arguments(model_name, batch_size=32, image_size=224,
     checks.check_int("image_size", image_size)
     checks.check_int("steps", steps)
     checks.check_int("warmup", warmup, minimum=0)
-    # A constructor without `patch_size` checks the size in its builder.
-    patch = getattr(constructor, "patch_size", None)
-    if patch:
-        checks.check_patch_multiple(
-            "image_size", image_size, patch, f"{model_name}'s"
-        )
+    # A constructor without `size_rule` checks the size in its builder.
+    rule = getattr(constructor, "size_rule", None)
+    if rule:
+        rule.check("image_size", image_size, f"{model_name}'s")
     return precisions, modes
 
 

@@ -119,7 +119,8 @@ flags.DEFINE_string("model_dir", None, "A SavedModel version directory, a "
                     ".tflite or a .keras file.")
 flags.DEFINE_enum("figure", "auto", ["auto", "token_mixing", "stem",
                   "cross_patch", "sparsity"], "visualize: the figure; auto is "
-                  "token_mixing for Mixer, cross_patch for ResMLP.")
+                  "token_mixing for Mixer, cross_patch for ResMLP, stem for "
+                  "CycleMLP and ViP.")
 flags.DEFINE_integer("block", 0, "visualize: the block of token_mixing and "
                      "cross_patch.")
 flags.DEFINE_string("mode", "infer", "benchmark: infer, train or both "
@@ -692,7 +693,8 @@ def visualize(argv):
             family = _tools.model_family(model)
         except ValueError as error:
             raise app.UsageError(str(error)) from None
-        figure = "cross_patch" if family == "resmlp" else "token_mixing"
+        figure = {"resmlp": "cross_patch", "cyclemlp": "stem",
+                  "vip": "stem"}.get(family, "token_mixing")
     function = visualize_lib.FIGURES[figure]
     kwargs = {"block": FLAGS.block} if figure in ("token_mixing",
                                                   "cross_patch") else {}

@@ -15,7 +15,8 @@ calls `torch.nn.functional.layer_norm`.
 
 Tensors between layers are token tables of shape `(batch, tokens, channels)`,
 tokens being the patches of the image in raster order (row by row), as
-`PatchEmbedding` produces them.
+`PatchEmbedding` produces them; the pyramid families keep maps
+`(batch, height, width, channels)`.
 """
 
 import keras
@@ -565,3 +566,4 @@ class LayerScale(keras.layers.Layer):
         config = super().get_config()
         config.update({"init_value": self.init_value})
         return config
+

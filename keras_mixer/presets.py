@@ -123,7 +123,8 @@ _MIIL = (
 # (None where the publisher gives none; a hash prefix in a file name such as
 # timm's `-76587d61.pth` is verified), description. Hub entries also have
 # hf_hub_id (what weights="hf://<id>" fetches), and timm's mean, std,
-# crop_pct and interpolation.
+# crop_pct and interpolation; the pyramid families crop_pct, interpolation
+# and (ViP) page.
 WEIGHTS = {
     "MixerS8": {"gsam": _google("gsam", "S", 8, 1000, _GSAM)},
     "MixerS16": {"gsam": _google("gsam", "S", 16, 1000, _GSAM)},
@@ -205,6 +206,79 @@ for _depth in ("12", "24"):
         "Self-supervised with DINO, no fine-tuning: a backbone for features "
         "or fine-tuning; its head, if present, is not a trained classifier.",
     )
+
+
+# CycleMLP and Vision Permutator: the authors' files. Their entries add the
+# evaluation crop of the published accuracies: `crop_pct` (resize the
+# shorter side to resolution / crop_pct, then centre-crop) and
+# `interpolation`; `page` is where a person downloads a file by hand.
+_CYCLEMLP_TOP1 = {"B1": 78.9, "B2": 81.6, "B3": 82.4, "B4": 83.0, "B5": 83.2}
+for _key, _top1 in _CYCLEMLP_TOP1.items():
+    WEIGHTS[f"CycleMLP{_key}"] = {
+        "imagenet1k": dict(
+            url=(
+                "https://github.com/ShoufaChen/CycleMLP/releases/download/"
+                f"v0.1/CycleMLP_{_key}.pth"
+            ),
+            filename=f"CycleMLP_{_key}.pth",
+            format="torch",
+            source="official CycleMLP (github.com/ShoufaChen/CycleMLP, release v0.1)",
+            license="MIT",
+            classes=1000,
+            resolution=224,
+            preprocessing="torch",
+            approximate_gelu=False,
+            sha256=None,
+            # main.py --eval: Resize(256, bicubic) + CenterCrop(224); the
+            # default_cfgs of cycle_mlp.py (unused there) say 0.9 for B1-B3.
+            crop_pct=0.875,
+            interpolation="bicubic",
+            description=(
+                f"ImageNet-1k, {_top1}% top-1 in the authors' README. The "
+                "file holds {'model': state_dict} with the Cycle FC offset "
+                "buffers, which are checked and dropped."
+            ),
+        )
+    }
+
+_VIP_DRIVE = {
+    "S7": ("1cX6eauDrsGsLSZnqsX7cl0oiKX8Dzv5z", 81.5, 0.9),
+    "M7": ("15y5WMypthpbBFdc01E3mJCZit7q0Yn8m", 82.7, 0.9),
+    "L7": ("14F5IXGXmB_3jrwK33Efae-WEb5D_G85c", 83.2, 0.875),
+}
+for _key, (_drive_id, _top1, _crop) in _VIP_DRIVE.items():
+    WEIGHTS[f"ViP{_key}"] = {
+        "imagenet1k": dict(
+            url=(
+                "https://drive.google.com/uc?export=download&confirm=t&id="
+                + _drive_id
+            ),
+            page=f"https://drive.google.com/file/d/{_drive_id}/view",
+            filename=f"vip_{_key.lower()}.pth",
+            format="torch",
+            source=(
+                "official Vision Permutator (github.com/Andrew-Qibin/"
+                "VisionPermutator, Google Drive)"
+            ),
+            license=(
+                "MIT (LICENSE); the authors' README adds: code for "
+                "non-commercial use only"
+            ),
+            classes=1000,
+            resolution=224,
+            preprocessing="torch",
+            approximate_gelu=False,
+            sha256=None,
+            # timm's eval transform with the default_cfgs of models/vip.py.
+            crop_pct=_crop,
+            interpolation="bicubic",
+            description=(
+                f"ImageNet-1k, {_top1}% top-1 in the authors' README. Google "
+                "Drive may answer with a confirmation page instead of the "
+                "file: download it by hand from `page` then."
+            ),
+        )
+    }
 
 
 def list_weights(model_name=None, file=None):

@@ -340,13 +340,15 @@ class Throughput(keras.callbacks.Callback):
 # Checks that run before anything is loaded.
 
 
-def patch_size_of(model_name):
-    """The patch size of a named model, or a ValueError listing the names."""
+def size_rule_of(model_name):
+    """The `checks.SizeRule` of a named model's image sides, or a ValueError
+    listing the names."""
     if model_name == "demo":
-        return DEMO_MODEL["patch_size"]
+        return checks.SizeRule(DEMO_MODEL["patch_size"])
     if model_name.endswith(".keras"):
         return None  # evaluate takes saved models; train refuses them
-    return models.get(model_name, also=("demo",)).patch_size
+    # A constructor without `size_rule` checks the size in its builder.
+    return getattr(models.get(model_name, also=("demo",)), "size_rule", None)
 
 
 def check_inputs(config):
@@ -359,11 +361,9 @@ def check_inputs(config):
             "tensorflow-datasets; give folder:PATH (one sub-folder per class)."
         )
     data.check_dataset_name(config["dataset"], config["data_dir"])
-    patch = patch_size_of(config["model"])
-    if patch:
-        checks.check_patch_multiple(
-            "--image_size", config["image_size"], patch, f"{config['model']}'s"
-        )
+    rule = size_rule_of(config["model"])
+    if rule:
+        rule.check("--image_size", config["image_size"], f"{config['model']}'s")
     if config["teacher"] and not os.path.exists(config["teacher"]):
         raise ValueError(
             f"Teacher model {config['teacher']} does not exist; give a .keras "

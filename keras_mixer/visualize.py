@@ -3,7 +3,8 @@
 - `token_mixing_units`: the hidden units of a token-mixing MLP, each shown as
   its weights over the patch grid, paired with its opposite-phase partner and
   sorted from low to high spatial frequency (MLP-Mixer paper, Figure 5).
-- `stem_units`: the stem's linear projection units as RGB patches (Figure 7).
+- `stem_units`: the stem's linear projection units as RGB patches (Figure 7);
+  for CycleMLP and Vision Permutator, their convolution stem's filters.
 - `cross_patch_weights`: the incoming weights of every output patch of a
   ResMLP cross-patch layer, laid out on the patch grid (ResMLP paper, section 4).
 - `weight_sparsity`: the fraction of near-zero weights of each linear layer,
@@ -26,6 +27,7 @@ import numpy as np
 from keras_mixer import checks
 from keras_mixer.layers import PatchEmbedding
 from keras_mixer.models import _builder
+from keras_mixer.models._pyramid import ConvEmbedding
 from keras_mixer.models.mixer import MixerBlock
 from keras_mixer.models.resmlp import ResMLPBlock
 
@@ -227,8 +229,10 @@ def stem_units(model, num_units=128, columns=16, output=None):
     own. The first `num_units` units are shown.
     """
     stem = model.get_layer("stem")
-    if not isinstance(stem, PatchEmbedding):
-        raise ValueError(f"{model.name}'s `stem` is not a PatchEmbedding.")
+    if not isinstance(stem, (PatchEmbedding, ConvEmbedding)):
+        raise ValueError(
+            f"{model.name}'s `stem` is not a PatchEmbedding or ConvEmbedding."
+        )
     kernel = np.asarray(stem.proj.kernel)  # (p, p, channels, hidden)
     tiles = np.moveaxis(kernel, -1, 0)[:num_units]
     low = tiles.min(axis=(1, 2, 3), keepdims=True)
@@ -245,9 +249,11 @@ def stem_units(model, num_units=128, columns=16, output=None):
         image = np.where(np.isnan(image), 1.0, image)
     rows = -(-len(tiles) // columns)
     figure = _figure(min(16, 1.0 + 0.5 * columns), min(16, 1.2 + 0.5 * rows))
+    stride = getattr(stem, "strides", kernel.shape[0])
+    what = "patches" if stride == kernel.shape[0] else f"filters, stride {stride}"
     title = (
         f"{model.name} stem: {len(tiles)} of {kernel.shape[-1]} linear\n"
-        f"projection units ({kernel.shape[0]}x{kernel.shape[1]} patches)"
+        f"projection units ({kernel.shape[0]}x{kernel.shape[1]} {what})"
     )
     return _show_mosaic(figure, image, title, output, cmap=_cmap("gray"))
 

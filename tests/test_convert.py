@@ -418,11 +418,14 @@ def test_timm_pth_matches_source_forward(tmp_path, make, reference, wrapper):
 @needs_torch
 def test_pth_with_python_objects_is_refused(tmp_path):
     import argparse
+    import datetime
 
-    # deit's training checkpoints also hold the argparse arguments.
+    # Training checkpoints (deit, CycleMLP, timm) also hold their argparse
+    # arguments, which read_torch allows; any other object is refused.
     path = tmp_path / "checkpoint.pth"
     args = argparse.Namespace(model="resmlp_12")
-    torch.save({"model": {"w": torch.zeros(2)}, "args": args}, str(path))
+    torch.save({"model": {"w": torch.zeros(2)}, "args": args,
+                "date": datetime.date(2021, 7, 21)}, str(path))
     with pytest.raises(ValueError, match="weights_only") as info:
         checkpoints.read_checkpoint(path)
     assert str(path) in str(info.value)

@@ -11,17 +11,21 @@ import pytest
 import tensorflow as tf
 
 from keras_mixer import layers as L
+from keras_mixer.models import _pyramid
 from keras_mixer.models import convmixer
+from keras_mixer.models import cyclemlp
 from keras_mixer.models import gmlp
 from keras_mixer.models import mixer
 from keras_mixer.models import resmlp
+from keras_mixer.models import vip
 
 RNG = np.random.default_rng(0)
 TOKENS = (2, 6, 8)  # batch, tokens, channels
 IMAGE = (2, 8, 12, 3)
+MAP = (2, 4, 4, 8)  # batch, height, width, channels (the pyramid families)
 
 # Every module that defines layers: the shared ones and each family's.
-LAYER_MODULES = (L, mixer, resmlp, gmlp, convmixer)
+LAYER_MODULES = (L, mixer, resmlp, gmlp, convmixer, _pyramid, cyclemlp, vip)
 
 # (factory, input shape) for every layer of LAYER_MODULES.
 LAYER_CASES = {
@@ -42,12 +46,22 @@ LAYER_CASES = {
     "GMLPBlock": (lambda: gmlp.GMLPBlock(12, drop_path_rate=0.1), TOKENS),
     "ConvMixerStem": (lambda: convmixer.ConvMixerStem(4, 8, "relu"), IMAGE),
     "ConvMixerBlock": (lambda: convmixer.ConvMixerBlock(3, drop_path_rate=0.1), IMAGE),
+    "ConvEmbedding": (lambda: _pyramid.ConvEmbedding(6, 3, strides=2, padding=1), IMAGE),
+    "SplitAttention": (lambda: _pyramid.SplitAttention(3), (2, 8)),
+    "CycleFC": (lambda: cyclemlp.CycleFC(5, (3, 1)), MAP),
+    "CycleMixing": (lambda: cyclemlp.CycleMixing(), MAP),
+    "CycleBlock": (lambda: cyclemlp.CycleBlock(2, drop_path_rate=0.1), MAP),
+    "PermuteMixing": (lambda: vip.PermuteMixing(4), MAP),
+    "PermutatorBlock": (lambda: vip.PermutatorBlock(4, drop_path_rate=0.1), MAP),
 }
 EXPECTED_SHAPES = {
     "PatchEmbedding": (2, 6, 8),
     "Dense": (2, 6, 5),
     "SpatialGatingUnit": (2, 6, 4),
     "ConvMixerStem": (2, 2, 3, 8),
+    "ConvEmbedding": (2, 4, 6, 6),
+    "SplitAttention": (2, 8, 3),
+    "CycleFC": (2, 4, 4, 5),
 }
 
 

@@ -34,9 +34,26 @@ GOLDEN_PARAMS = {
     "ConvMixer1536_20": 51_625_960,
     "ConvMixer768_32": 21_110_248,
     "ConvMixer1024_20": 24_383_464,
+    # CycleMLP and ViP: the authors' models' parameters(), without
+    # CycleMLP's offset buffers (constants here).
+    "CycleMLPB1": 15_155_400,
+    "CycleMLPB2": 26_802_504,
+    "CycleMLPB3": 38_385_720,
+    "CycleMLPB4": 51_796_552,
+    "CycleMLPB5": 75_747_280,
+    "ViPS14": 29_892_904,
+    "ViPS7": 25_114_984,
+    "ViPM7": 55_272_488,
+    "ViPL7": 87_784_936,
 }
 MODEL_LIST = sorted(keras_mixer.MODELS)
-PATCH = {name: keras_mixer.MODELS[name].patch_size for name in MODEL_LIST}
+# Each variant's smallest side (its patch size or total stride); None for
+# Vision Permutator, which takes 224 only (tests/test_pyramid.py runs small
+# configurations of it, and test_parameter_count builds every variant).
+PATCH = {
+    name: constructor.size_rule.multiple if constructor.size_rule.only is None else None
+    for name, constructor in keras_mixer.MODELS.items()
+}
 
 
 def _mixer_s8_params():
@@ -70,7 +87,7 @@ HAND_FLOPS = _hand_flops()
 
 
 @pytest.mark.parametrize("name", MODEL_LIST)
-def test_parameter_count(name):
+def test_parameter_count(name, constant_initializers):
     model = keras_mixer.MODELS[name]()
     assert model.input_shape == (None, 224, 224, 3)
     assert model.output_shape == (None, 1000)
@@ -81,7 +98,12 @@ def test_parameter_count(name):
         assert keras_mixer.count_flops(model) == HAND_FLOPS[name]
 
 
-@pytest.mark.parametrize("name", MODEL_LIST)
+# The pyramid variants (full width even at a small size) run at small sizes
+# in tests/test_pyramid.py, in configurations of their own.
+SMALL_FORWARD = [n for n in MODEL_LIST if PATCH[n] and not n.startswith("CycleMLP")]
+
+
+@pytest.mark.parametrize("name", SMALL_FORWARD)
 def test_forward_at_small_size(name):
     size = 2 * PATCH[name]
     model = keras_mixer.MODELS[name](

@@ -1,5 +1,7 @@
-"""Models saved by an earlier layout of the package still load, in a fresh
-process, and give the logits they gave when saved (tests/data/)."""
+"""Saved models still load, in a fresh process, and give the logits they gave
+when saved (tests/data/): a Mixer and a ResMLP saved by an earlier layout of
+the package, a CycleMLP and a Vision Permutator saved when they were added
+(tests/test_pyramid.py loads these two on JAX and PyTorch)."""
 
 import json
 import os
@@ -12,7 +14,7 @@ import pytest
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 ROOT = os.path.dirname(os.path.dirname(DATA))
-CASES = ("mixer", "resmlp")
+CASES = ("mixer", "resmlp", "cyclemlp", "vip")
 
 # Run in a new interpreter, which knows nothing but `import keras_mixer`:
 # the saved class names must resolve through keras_mixer's registrations.
@@ -70,7 +72,8 @@ def test_saved_model_gives_its_saved_logits(loaded, name, kind):
 def test_saved_models_use_the_block_classes():
     """The files hold the registered blocks, so the test above exercises
     their deserialization (not a config that happens to avoid them)."""
-    for name, block in (("mixer", "MixerBlock"), ("resmlp", "ResMLPBlock")):
+    for name, block in (("mixer", "MixerBlock"), ("resmlp", "ResMLPBlock"),
+                        ("cyclemlp", "CycleBlock"), ("vip", "PermutatorBlock")):
         with open(os.path.join(DATA, f"{name}.json")) as f:
             assert json.load(f)["kwargs"]["drop_path_rate"] > 0
         with zipfile.ZipFile(os.path.join(DATA, f"{name}.keras")) as archive:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras_mixer
+from keras_mixer import checkpoints
 from keras_mixer import presets
 from keras_mixer.checkpoints import Checkpoint
 from keras_mixer.checkpoints import assign
@@ -49,6 +50,8 @@ ISSUE_NAMES = {
     "ConvMixer1536_20": {"in1k"},
     "ConvMixer768_32": {"in1k"},
     "ConvMixer1024_20": {"in1k"},
+    **{f"CycleMLPB{i}": {"imagenet1k"} for i in range(1, 6)},
+    **{f"ViP{k}": {"imagenet1k"} for k in ("S7", "M7", "L7")},
 }
 FIELDS = {
     "url", "filename", "format", "source", "license", "classes", "resolution",
@@ -56,6 +59,9 @@ FIELDS = {
 }
 # Entries of the Hugging Face Hub also record these (timm's pretrained_cfg).
 HUB_FIELDS = {"hf_hub_id", "mean", "std", "crop_pct", "interpolation"}
+# The evaluation crop of the published accuracies, and a page to download a
+# file by hand (CycleMLP and ViP entries).
+OPTIONAL_FIELDS = {"crop_pct", "interpolation", "page"}
 
 
 def test_table_has_every_published_name_with_all_fields():
@@ -65,8 +71,9 @@ def test_table_has_every_published_name_with_all_fields():
     for model, entries in presets.WEIGHTS.items():
         assert model in keras_mixer.MODELS
         for name, entry in entries.items():
-            assert FIELDS <= set(entry) <= FIELDS | HUB_FIELDS, (model, name)
-            assert set(entry) & HUB_FIELDS in (set(), {"hf_hub_id"}, HUB_FIELDS)
+            assert FIELDS <= set(entry) <= FIELDS | HUB_FIELDS | OPTIONAL_FIELDS, (model, name)
+            if "hf_hub_id" in entry or "mean" in entry:
+                assert set(entry) & HUB_FIELDS in ({"hf_hub_id"}, HUB_FIELDS)
             assert entry["url"].startswith("https://")
             assert entry["format"] in ("flax_npz", "torch", "safetensors")
             assert entry["preprocessing"] in _builder.PREPROCESSING_MODES
@@ -258,6 +265,84 @@ def test_weights_dir_skips_the_network(served, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_MIXER_WEIGHTS_DIR", str(local))
     assert download.fetch("MixerS32", "test") == str(local / "test_file.npz")
     assert server.requests == []
+
+
+def test_pyramid_entries_and_their_files(served, monkeypatch):
+    """The CycleMLP and ViP entries: the official sources, the crop of the
+    published accuracies, the licenses; a served file in the official
+    layout is read as its family."""
+    torch = pytest.importorskip("torch")
+    server, _, _ = served
+    cycle = presets.WEIGHTS["CycleMLPB2"]["imagenet1k"]
+    assert cycle["url"] == ("https://github.com/ShoufaChen/CycleMLP/releases/"
+                            "download/v0.1/CycleMLP_B2.pth")
+    assert (cycle["crop_pct"], cycle["interpolation"], cycle["license"]) == (
+        0.875, "bicubic", "MIT")
+    vip = presets.WEIGHTS["ViPL7"]["imagenet1k"]
+    assert vip["page"] == (
+        "https://drive.google.com/file/d/14F5IXGXmB_3jrwK33Efae-WEb5D_G85c/view")
+    assert "non-commercial" in vip["license"] and vip["crop_pct"] == 0.875
+    assert presets.WEIGHTS["ViPS7"]["imagenet1k"]["crop_pct"] == 0.9
+    state = {  # a one-stage CycleMLP in the official layout
+        "patch_embed.proj.weight": torch.zeros(4, 3, 7, 7),
+        "patch_embed.proj.bias": torch.zeros(4),
+        "norm.weight": torch.ones(4), "norm.bias": torch.zeros(4),
+    }
+    prefix = "network.0.0."
+    for key, shape in (("norm1.weight", (4,)), ("norm1.bias", (4,)),
+                       ("attn.mlp_c.weight", (4, 4)),
+                       ("attn.reweight.fc1.weight", (1, 4)),
+                       ("attn.reweight.fc1.bias", (1,)),
+                       ("attn.reweight.fc2.weight", (12, 1)),
+                       ("attn.reweight.fc2.bias", (12,)),
+                       ("attn.proj.weight", (4, 4)), ("attn.proj.bias", (4,)),
+                       ("norm2.weight", (4,)), ("norm2.bias", (4,)),
+                       ("mlp.fc1.weight", (8, 4)), ("mlp.fc1.bias", (8,)),
+                       ("mlp.fc2.weight", (4, 8)), ("mlp.fc2.bias", (4,))):
+        state[prefix + key] = torch.zeros(shape)
+    for fc in ("sfc_h", "sfc_w"):
+        state[f"{prefix}attn.{fc}.weight"] = torch.zeros(4, 4, 1, 1)
+        state[f"{prefix}attn.{fc}.bias"] = torch.zeros(4)
+        state[f"{prefix}attn.{fc}.offset"] = torch.zeros(1, 8, 1, 1)
+    torch.save({"model": state}, str(server.folder / "CycleMLP_B2.pth"))
+    monkeypatch.setitem(cycle, "url", f"{server.url}/CycleMLP_B2.pth")
+    checkpoint = checkpoints.read_checkpoint(download.fetch("CycleMLPB2", "imagenet1k"))
+    assert (checkpoint.family, checkpoint.source) == ("cyclemlp", "official CycleMLP")
+    assert sorted(checkpoint.buffers) == [
+        "stage_0_block_0/token_mixing/sfc_h/offset",
+        "stage_0_block_0/token_mixing/sfc_w/offset",
+    ]
+
+
+def test_a_web_page_instead_of_the_weights_says_how_to_get_them(served, tmp_path, monkeypatch):
+    """Google Drive (ViP's weights) answers the download of a large file with
+    an HTML page asking a person to confirm."""
+    server, _, _ = served
+    entry = presets.WEIGHTS["ViPS7"]["imagenet1k"]
+    page = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan "
+            b"warning</title></head><body>...</body></html>")
+    (server.folder / "uc").write_bytes(page)
+    monkeypatch.setitem(entry, "url", f"{server.url}/uc")
+    cached = os.path.join(download.cache_dir(), "vip_s7.pth")
+    with pytest.raises(ValueError) as info:
+        download.fetch("ViPS7", "imagenet1k")
+    message = str(info.value)
+    assert "sent an HTML page, not the weights file (nothing was kept)" in message
+    assert f"Open {entry['page']} in a browser" in message
+    assert f"put it at {cached}" in message and "KERAS_MIXER_WEIGHTS_DIR" in message
+    assert not os.path.exists(cached)
+    assert os.listdir(download.cache_dir()) == []  # no temporary either
+    # Saved by hand in KERAS_MIXER_WEIGHTS_DIR: refused, and left in place.
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "vip_s7.pth").write_bytes(page)
+    monkeypatch.setenv("KERAS_MIXER_WEIGHTS_DIR", str(local))
+    with pytest.raises(ValueError, match="sent an HTML page, not the weights file"):
+        download.fetch("ViPS7", "imagenet1k")
+    assert (local / "vip_s7.pth").read_bytes() == page
+    # Given as weights=: the file is named as a web page.
+    with pytest.raises(ValueError, match="vip_s7.pth is an HTML web page, not a checkpoint"):
+        keras_mixer.ViPS7(weights=str(local / "vip_s7.pth"))
 
 
 # --- The Appendix C resize ---------------------------------------------------

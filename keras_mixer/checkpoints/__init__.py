@@ -28,6 +28,8 @@ import os
 from keras_mixer.checkpoints import deit_resmlp
 from keras_mixer.checkpoints import flax_mixer
 from keras_mixer.checkpoints import hub
+from keras_mixer.checkpoints import official_cyclemlp
+from keras_mixer.checkpoints import official_vip
 from keras_mixer.checkpoints import readers
 from keras_mixer.checkpoints import timm_convmixer
 from keras_mixer.checkpoints import timm_mlp_mixer
@@ -38,9 +40,12 @@ from keras_mixer.checkpoints.readers import ACCEPTED_FORMATS
 from keras_mixer.checkpoints.readers import detect_container
 
 # Every source layout read: Google's Flax MLP-Mixer, timm's MlpMixer (Mixer,
-# gMixer, ResMLP and gMLP blocks), deit's ResMLP, timm's ConvMixer. The first
-# whose `matches` is true converts.
-KEY_MAPS = (flax_mixer, timm_mlp_mixer, deit_resmlp, timm_convmixer)
+# gMixer, ResMLP and gMLP blocks), the official CycleMLP and Vision
+# Permutator, deit's ResMLP, timm's ConvMixer. The first whose `matches` is
+# true converts: the CycleMLP and ViP maps come before deit's, which takes
+# any `patch_embed.proj.weight`.
+KEY_MAPS = (flax_mixer, timm_mlp_mixer, official_cyclemlp, official_vip,
+            deit_resmlp, timm_convmixer)
 
 __all__ = [
     "ACCEPTED_FORMATS",

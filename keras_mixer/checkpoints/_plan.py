@@ -25,7 +25,8 @@ class Checkpoint:
     Attributes:
         tensors: {keras variable path: np.ndarray in Keras layout, or a
             `LazyArray` read on first use}.
-        family: the model family the tensors are for ("mixer", "resmlp"),
+        family: the model family the tensors are for ("mixer", "resmlp",
+            "gmlp", "convmixer", "cyclemlp", "vip"),
             compared with the model's before anything is built.
         source: the layout they were read from ("flax", "timm", "deit",
             "keras").
@@ -41,6 +42,9 @@ class Checkpoint:
             comes with it (a Hub folder's config.json), else None.
         mean_std: `(mean, std)` per channel of the input normalisation the
             source names (a Hub folder's config.json), else None.
+        buffers: {keras path: np.ndarray} of tensors the source stores but
+            the Keras model holds as constants (CycleMLP's Cycle FC offsets);
+            the model's builder checks them against its own.
     """
 
     tensors: dict
@@ -52,6 +56,7 @@ class Checkpoint:
     source_keys: dict = dataclasses.field(default_factory=dict)
     architecture: str = None
     mean_std: tuple = None
+    buffers: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self):

@@ -5,7 +5,9 @@ A name of `keras_mixer.presets.WEIGHTS` is resolved to a local file
 `keras.utils.get_file`) whose sha256 (or the hash prefix in its published
 name) is verified. A file keras_mixer downloaded itself carries a record
 (`<file>.download.json`): a damaged download of its own is fetched again,
-while a mismatching file the user placed is reported and never removed.
+while a mismatching file the user placed is reported and never removed. An
+HTML page in place of the file (a host's download confirmation) is refused
+with the way to get the file.
 """
 
 import dataclasses
@@ -20,6 +22,7 @@ import keras
 from keras_mixer import atomic
 from keras_mixer import presets
 from keras_mixer.checkpoints import hub
+from keras_mixer.checkpoints import readers
 
 logger = logging.getLogger("keras_mixer")
 
@@ -94,6 +97,27 @@ def verify_file(path, entry):
         )
 
 
+def refuse_web_page(path, entry, downloaded):
+    """Raises when `path` holds an HTML page instead of the weights (Google
+    Drive answers a download of a large file with a confirmation page),
+    saying how to get the file. The file is left where it is: a download's
+    temporary is removed by its caller, a user's file is the user's."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if not readers.is_web_page(head):
+        return
+    page = entry.get("page", entry["url"])
+    where = "(nothing was kept)" if downloaded else f"({path})"
+    raise ValueError(
+        f"{entry['url']} sent an HTML page, not the weights file {where}: the "
+        "host asks a person to confirm the download (Google Drive does so for "
+        f"large files). Open {page} in a browser, download the file, and put "
+        f"it at {os.path.join(cache_dir(), entry['filename'])} (or in the "
+        "folder named by KERAS_MIXER_WEIGHTS_DIR, as "
+        f"{entry['filename']}), or pass its path as weights=..."
+    )
+
+
 def cache_dir():
     """Where downloaded weights are kept: `$KERAS_HOME/models/keras_mixer`."""
     home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
@@ -125,6 +149,7 @@ def _download(model_name, weights_name, entry):
         ) from None
     path = os.path.join(os.path.dirname(tmp), entry["filename"])
     try:
+        refuse_web_page(tmp, entry, downloaded=True)  # `finally` removes it
         actual = _sha256(tmp)
         problem = checksum_problem(tmp, entry, actual=actual)
         if problem:
@@ -158,12 +183,14 @@ def fetch(model_name, weights_name):
     if local_dir:
         path = os.path.join(local_dir, entry["filename"])
         if os.path.exists(path):
+            refuse_web_page(path, entry, downloaded=False)
             verify_file(path, entry)
             return path
     cached = os.path.join(cache_dir(), entry["filename"])
     if os.path.exists(cached):
         record = download_record(cached)
         if record is None:
+            refuse_web_page(cached, entry, downloaded=False)
             verify_file(cached, entry)
             return cached
         problem = checksum_problem(cached, entry, record)
@@ -174,7 +201,6 @@ def fetch(model_name, weights_name):
         os.remove(cached)
         os.remove(cached + DOWNLOAD_RECORD)
     return _download(model_name, weights_name, entry)
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +250,7 @@ def resolve(model_name, weights):
     raise ValueError(
         f"`weights` {weights!r} is neither a weights name of {model_name} "
         f"({names}) nor an existing file. Pass None, a name, the path of "
-        "an official .npz, a timm .safetensors/.pth, a deit .pth or a "
-        ".weights.h5 file, a Hugging Face Hub model folder, or "
-        "'hf://timm/<model>'."
+        "a checkpoint (official .npz, timm .safetensors/.pth, deit, CycleMLP "
+        "or ViP .pth) or a .weights.h5 file, a Hugging Face Hub model folder, "
+        "or 'hf://timm/<model>'."
     )

@@ -11,6 +11,7 @@ layouts: the key maps (`flax_mixer`, `timm_mlp_mixer`, `deit_resmlp`,
 `timm_convmixer`) turn the names into variable paths.
 """
 
+import argparse
 import functools
 import os
 import zipfile
@@ -27,8 +28,16 @@ ACCEPTED_FORMATS = (
     "a .safetensors file of a timm MLP-Mixer / ResMLP / gMLP / gMixer / "
     "ConvMixer or a deit ResMLP; "
     "a PyTorch .pth/.pt/.bin file (zip or legacy pickle, read with "
-    "torch.load(weights_only=True); needs torch) of the same"
+    "torch.load(weights_only=True); needs torch) of the same, an official "
+    "CycleMLP or Vision Permutator"
 )
+
+
+def is_web_page(head):
+    """Whether the first bytes of a file are an HTML page (what a site such
+    as Google Drive sends instead of a large file, or a login page)."""
+    start = head.lstrip()[:256].lower()
+    return start.startswith((b"<!doctype html", b"<html")) or b"<html" in start
 
 
 def _zip_member_names(path, head):
@@ -96,6 +105,14 @@ def detect_container(path):
         return "safetensors"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "torch"  # legacy (non-zip) torch.save pickle
+    if is_web_page(head):
+        raise ValueError(
+            f"{path} is an HTML web page, not a checkpoint: the download "
+            "saved the page a site sent instead of the file (Google Drive "
+            "sends a confirmation page for large files). Open the link in a "
+            "browser, download the file itself and pass its path. Accepted "
+            f"formats: {ACCEPTED_FORMATS}."
+        )
     raise ValueError(
         f"{path} is not a checkpoint format keras_mixer reads (first bytes "
         f"{head[:8]!r}), or it is truncated. Accepted formats: "
@@ -309,7 +326,11 @@ def read_torch(path):
             "model.safetensors on the Hugging Face Hub (hf.co/timm)."
         ) from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # Training checkpoints (deit's and CycleMLP's main.py, timm's saver)
+        # also store their argparse arguments: a plain attribute bag, allowed
+        # beside tensors and containers.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as error:  # noqa: BLE001 - UnpicklingError, RuntimeError...

@@ -71,8 +71,9 @@ def check_preprocessing(mode):
         )
 
 
-def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
-    """Checks the input arguments and returns the `(H, W, C)` input shape."""
+def resolve_input_shape(input_tensor, input_shape, size_rule, default_size):
+    """Checks the input arguments and returns the `(H, W, C)` input shape;
+    `size_rule` (a `checks.SizeRule`) says which sides the model takes."""
     if keras.config.image_data_format() != "channels_last":
         raise ValueError(
             "keras_mixer models take channels_last images (batch, height, "
@@ -98,6 +99,7 @@ def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
                 f"channels); got {tuple(input_tensor.shape)}."
             )
     if input_shape is None:
+        default_size = size_rule.only or default_size
         input_shape = tensor_shape or (default_size, default_size, 3)
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
@@ -130,7 +132,7 @@ def resolve_input_shape(input_tensor, input_shape, patch_size, default_size):
                 "make them agree."
             )
     for axis, size in zip(("height", "width"), input_shape[:2]):
-        checks.check_patch_multiple(f"Input {axis}", size, patch_size)
+        size_rule.check(f"Input {axis}", size)
     return tuple(int(s) for s in input_shape)
 
 
@@ -171,13 +173,15 @@ def check_arguments(
     include_preprocessing,
     preprocessing,
     drop_path_schedule="linear",
+    size_rule=None,
 ):
     """Every argument check of a builder; returns the `(H, W, C)` input shape.
 
     Args:
-        sizes: {name: value} of the architecture's integer sizes, with
-            `patch_size` among them.
+        sizes: {name: value} of the architecture's integer sizes.
         rates: {name: value} of its dropout-like rates.
+        size_rule: the `checks.SizeRule` of the input sides; default:
+            multiples of `sizes["patch_size"]`.
         (the rest: see the public constructors.)
     """
     for name, value in sizes.items():
@@ -194,9 +198,9 @@ def check_arguments(
     check_head_arguments(include_top, pooling, classes, classifier_activation)
     if include_preprocessing:
         check_preprocessing(preprocessing)
-    return resolve_input_shape(
-        input_tensor, input_shape, sizes["patch_size"], DEFAULT_SIZE
-    )
+    if size_rule is None:
+        size_rule = checks.SizeRule(sizes["patch_size"])
+    return resolve_input_shape(input_tensor, input_shape, size_rule, DEFAULT_SIZE)
 
 
 # ----------------------------------------------------------------------------
@@ -342,8 +346,9 @@ def read_weights(weights, family, name, preprocessing=None):
         raise ValueError(
             f"`weights` {weights!r} is not an existing file. The generic "
             "builders take None, a file path (an official .npz, a timm "
-            ".safetensors/.pth, a deit .pth or a .weights.h5), a Hugging Face "
-            "Hub model folder or 'hf://timm/<model>'; weights names such as "
+            ".safetensors/.pth, a deit, CycleMLP or ViP .pth or a "
+            ".weights.h5), a Hugging Face Hub model folder or "
+            "'hf://timm/<model>'; weights names such as "
             "'imagenet1k' belong to the named variants, e.g. "
             "keras_mixer.MixerB16(weights='imagenet1k')."
         )
@@ -414,12 +419,14 @@ def patch_grid(model):
 
 def grid_growth(model):
     """The model's patch grid and the token-mixing variables its blocks
-    declare, as `assign_checkpoint` takes them."""
+    declare, as `assign_checkpoint` takes them (no grid for a model whose
+    weights do not depend on the input size)."""
     token_axes = {}
     for layer in model.layers:
         for path, axes in getattr(layer, "token_axes", {}).items():
             token_axes[f"{layer.name}/{path}"] = axes
-    return dict(grid=patch_grid(model), token_axes=token_axes)
+    return dict(grid=patch_grid(model) if token_axes else None,
+                token_axes=token_axes)
 
 
 def checkpoint_parts(checkpoint, tokens_path, patch_size, shape):
@@ -450,21 +457,16 @@ Args:
         and a dense head of `classes` units). False ends at the pre-head norm.
     weights: None (random initialisation, the default: several pretrained
         weight sets exist and none is fetched silently), a name from
-        `keras_mixer.list_weights("{function}")`, the path of a checkpoint
-        (official .npz, timm .safetensors/.pth, deit .pth, or a `.weights.h5`
-        saved from keras_mixer) or of a Hugging Face Hub model folder
-        (`config.json` + `model.safetensors`), or "hf://timm/<model>"
-        (downloaded by huggingface_hub). With `include_top=False` or another
-        number of `classes` all but the head are loaded and the head is
-        fresh; at K times the checkpoint's resolution per side the token
-        mixing grows block-diagonally (MLP-Mixer paper, Appendix C).
+        `keras_mixer.list_weights("{function}")`, or the path of a checkpoint
+        ({checkpoint_text}, or a `.weights.h5` saved from keras_mixer). With
+        `include_top=False` or another number of `classes` all but the head
+        are loaded and the head is fresh{resize_text}.
     input_tensor: optional symbolic tensor (from `keras.Input`) to use as the
         model's input.
     input_shape: `(height, width, channels)`, default
-        `({default_size}, {default_size}, 3)`. Height and width must be
-        multiples of the patch size {patch_size}; any channel count works.
-    pooling: with `include_top=False`: None returns {features}, "avg" /
-        "max" pool over the positions.
+        `({default_size}, {default_size}, 3)`. {size_text}; any channel count works.
+    pooling: with `include_top=False`: None returns {features_text}, "avg" /
+        "max" pool over the {positions}.
     classes: number of classes of the head.
     classifier_activation: activation of the head's output ("softmax", or
         None for logits). It runs in float32 under mixed precision.
@@ -473,8 +475,7 @@ Args:
         already-normalised input, e.g. from
         `keras_mixer.preprocess_input(x, mode="{preprocessing}")`.
     dropout_rate: dropout rate inside every MLP of every block.
-    drop_path_rate: stochastic depth rate; per block as `drop_path_schedule`
-        says ({schedule_text}).
+    drop_path_rate: {drop_path_text}.
     name: name of the model.
     **kwargs: any other keyword argument of `keras_mixer.{generic}`.
 
@@ -495,15 +496,38 @@ _SCHEDULE_TEXT = {
     "'linear': 0 in the first block, rising to the rate in the last",
 }
 
+# The parts of VARIANT_DOCSTRING that differ between families, as the
+# patch-based families fill them; a family's `docstring_fields` override them.
+_PATCH_FAMILY_TEXT = dict(
+    checkpoint_text=(
+        "official .npz, timm .safetensors/.pth, deit .pth, a Hugging Face\n"
+        "        Hub model folder (`config.json` + `model.safetensors`) or\n"
+        "        \"hf://timm/<model>\" (downloaded by huggingface_hub)"
+    ),
+    resize_text=(
+        "; at K\n        times the checkpoint's resolution per side the token "
+        "mixing grows\n        block-diagonally (MLP-Mixer paper, Appendix C)"
+    ),
+    size_text=(
+        "Height and width must be\n        multiples of the patch size "
+        "{patch_size}"
+    ),
+    features_text="the token table\n        `(batch, tokens, {hidden_dim})`",
+    positions="tokens",
+)
+
 
 def make_variant(builder, config, function, default_name, docstring_fields,
-                 defaults=None):
+                 defaults=None, size_rule=None):
     """Returns a public keras.applications-style constructor for one variant.
 
     The constructor only turns a weights name into `download.PresetWeights`
     (and takes the entry's GELU form and preprocessing); `builder` checks
     every argument, then fetches the file. `defaults`: keyword arguments of
     `builder` this variant defaults otherwise (a caller's value wins).
+    `size_rule` (a `checks.SizeRule`; default: multiples of
+    `config["patch_size"]`) becomes the constructor's `size_rule`, which
+    `train` and `benchmark` check image sizes with.
     """
     defaults = dict(defaults or {})
 
@@ -545,16 +569,23 @@ def make_variant(builder, config, function, default_name, docstring_fields,
 
     constructor.__name__ = constructor.__qualname__ = function
     # Read by train and benchmark to check an image size before any work.
-    constructor.patch_size = config["patch_size"]
+    constructor.size_rule = size_rule or checks.SizeRule(config["patch_size"])
     parameter = inspect.signature(builder).parameters.get("drop_path_schedule")
-    schedule = defaults.get("drop_path_schedule", getattr(parameter, "default", "linear"))
+    if parameter is None:
+        drop_path_text = ("stochastic depth rate of the last block; per-block "
+                          "rates\n        rise linearly from 0")
+    else:
+        schedule = defaults.get("drop_path_schedule", parameter.default)
+        drop_path_text = (
+            "stochastic depth rate; per block as `drop_path_schedule`\n"
+            f"        says ({_SCHEDULE_TEXT[schedule]})")
     fields = {
-        "features": "the token table `(batch, tokens, {})`".format(
-            config.get("hidden_dim", "channels")),
-        **docstring_fields,
+        key: text.format(**config)
+        for key, text in _PATCH_FAMILY_TEXT.items()
+        if key not in docstring_fields
     }
+    fields.update(docstring_fields, drop_path_text=drop_path_text)
     constructor.__doc__ = VARIANT_DOCSTRING.format(
-        function=function, generic=builder.__name__,
-        schedule_text=_SCHEDULE_TEXT[schedule], **config, **fields
+        function=function, generic=builder.__name__, **config, **fields
     )
     return constructor

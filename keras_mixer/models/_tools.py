@@ -1,6 +1,8 @@
 """Operations on a built keras_mixer model: its family, intermediate
 features, FLOPs, and the Appendix C resize to a larger input."""
 
+import re
+
 import numpy as np
 
 import keras
@@ -29,20 +31,39 @@ def block_names(model):
     return sorted(blocks, key=lambda n: int(n.split("_")[1]))
 
 
+def stage_outputs(model):
+    """`{"stage_0": name of the stage's last block, ...}` of a pyramid model
+    (CycleMLP, Vision Permutator: blocks named `stage_{s}_block_{j}`); empty
+    for the other families."""
+    last = {}
+    for layer in model.layers:
+        match = re.fullmatch(r"stage_(\d+)_block_(\d+)", layer.name)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            if block >= last.get(stage, (-1, None))[0]:
+                last[stage] = (block, layer.name)
+    return {f"stage_{s}": last[s][1] for s in sorted(last)}
+
+
 def feature_extractor(model, layer_names=None):
     """A model with the same inputs that returns intermediate features.
 
     Args:
         model: a keras_mixer model (with or without its top).
-        layer_names: names of layers whose outputs to return; by default the
-            stem, every block and the pre-head norm (where the family has
-            one).
+        layer_names: names of layers whose outputs to return. By default,
+            for the pyramid families (CycleMLP, Vision Permutator) the output
+            of every stage, keyed `stage_0`, `stage_1`, ...: maps
+            `(batch, H / stride, W / stride, channels)` (CycleMLP: strides 4,
+            8, 16, 32), before any norm, for dense prediction; for the other
+            families the stem, every block and the pre-head norm (where the
+            family has one).
 
     Returns:
-        A `keras.Model` whose output is a dict `{layer name: tensor}`; each
-        tensor is a token table `(batch, tokens, hidden_dim)`, tokens in
-        raster order (reshape to `(batch, H / patch, W / patch, hidden_dim)`
-        for dense tasks), or for ConvMixer that map itself.
+        A `keras.Model` whose output is a dict `{name: tensor}`. For MLP-Mixer,
+        ResMLP, gMLP and gMixer each tensor has shape `(batch, tokens,
+        hidden_dim)`, tokens in raster order (reshape to `(batch, H / patch,
+        W / patch, hidden_dim)` for dense tasks); for ConvMixer the maps
+        `(batch, H / patch, W / patch, hidden_dim)` themselves.
 
     Example:
     >>> model = keras_mixer.MixerS32(input_shape=(64, 64, 3))
@@ -51,6 +72,10 @@ def feature_extractor(model, layer_names=None):
     >>> tuple(outputs["block_7"].shape)
     (1, 4, 512)
     """
+    stages = stage_outputs(model)
+    if layer_names is None and stages:
+        outputs = {k: model.get_layer(n).output for k, n in stages.items()}
+        return keras.Model(model.input, outputs, name=f"{model.name}_features")
     names = {layer.name for layer in model.layers}
     if layer_names is None:
         layer_names = ["stem", *block_names(model)]
@@ -101,6 +126,13 @@ def resize_token_mixing(model, new_input_shape):
     1024
     """
     new_input_shape = tuple(int(s) for s in new_input_shape)
+    if not _builder.grid_growth(model)["token_axes"]:
+        raise ValueError(
+            f"{model.name} ({model_family(model)}) has no token-mixing weights "
+            "sized by the input, so there is nothing to grow: build the model "
+            "at the new size and copy the weights (model.get_weights()), or "
+            "pass the same weights= file."
+        )
     stem = model.get_layer("stem")
     if new_input_shape[-1] != stem.input.shape[-1]:
         raise ValueError(

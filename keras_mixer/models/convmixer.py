@@ -368,10 +368,17 @@ def _variant(key):
                 "{kernel_size}x{kernel_size}, activation {activation}. "
                 "ConvMixer has no MLP: `dropout_rate` must stay 0."
             ).format(**config),
-            features=(
-                "the last feature map `(batch, height / {patch_size}, "
+            features_text=(
+                "the last feature map\n        `(batch, height / {patch_size}, "
                 "width / {patch_size}, {hidden_dim})`"
             ).format(**config),
+            positions="positions",
+            resize_text="; ConvMixer runs at any size\n        as it is",
+            checkpoint_text=(
+                "timm .safetensors/.pth, a Hugging Face Hub model folder\n"
+                "        (`config.json` + `model.safetensors`) or "
+                "\"hf://timm/<model>\""
+            ),
             reference="https://arxiv.org/abs/2201.09792 (Table 1)",
             default_size=224,
             preprocessing="torch",

@@ -12,15 +12,17 @@ For each model NAME this writes, next to this script:
     NAME.input.npy      a batch of images
     NAME.logits.npy     the model's output on it (float32)
 
-The files in the repository were written by the code of git a2d2373, before
-the package was laid out in models/ and checkpoints/; they pin that saved
-files keep loading. Rerun only to add a case:
+The mixer and resmlp files were written by the code of git a2d2373, before
+the package was laid out in models/ and checkpoints/; cyclemlp and vip by the
+code that added those families. They pin that saved files keep loading.
+Write only a new case, by name, never the existing ones again:
 
-    python tests/data/make_saved_models.py
+    python tests/data/make_saved_models.py NAME [NAME ...]
 """
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -30,6 +32,7 @@ import keras_mixer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# name: (builder, arguments, seed).
 CASES = {
     "mixer": (
         "MLPMixer",
@@ -41,6 +44,7 @@ CASES = {
             head_dropout_rate=0.1, preprocessing="zero_one",
             name="tiny_mixer",
         ),
+        0,
     ),
     "resmlp": (
         "ResMLP",
@@ -51,6 +55,30 @@ CASES = {
             approximate_gelu=True, head_dropout_rate=0.1, preprocessing="tf",
             name="tiny_resmlp",
         ),
+        1,
+    ),
+    # The configurations of tests/test_pyramid.py (with options away from
+    # their defaults), so that its JAX and PyTorch processes reuse shapes.
+    "cyclemlp": (
+        "CycleMLP",
+        dict(
+            depths=[1, 1, 1, 1], widths=[8, 8, 16, 16], mlp_ratios=[2, 2, 4, 4],
+            input_shape=(64, 64, 3), classes=5, classifier_activation=None,
+            dropout_rate=0.1, drop_path_rate=0.2, head_dropout_rate=0.1,
+            preprocessing="zero_one", name="tiny_cyclemlp",
+        ),
+        2,
+    ),
+    "vip": (
+        "VisionPermutator",
+        dict(
+            patch_size=4, depths=[1, 1, 1, 1], widths=[16, 32, 32, 32],
+            transitions=[True, False, False, False], segment_dims=[8, 4, 4, 4],
+            mlp_ratios=3, input_shape=(32, 32, 3), classes=5,
+            classifier_activation=None, dropout_rate=0.1, drop_path_rate=0.2,
+            approximate_gelu=True, preprocessing="tf", name="tiny_vip",
+        ),
+        3,
     ),
 }
 
@@ -71,9 +99,13 @@ def _randomise(model, seed):
         v.assign(value.astype("float32"))
 
 
-def main():
+def main(names):
+    unknown = set(names) - set(CASES)
+    if not names or unknown:
+        raise SystemExit(f"give case names among {sorted(CASES)}")
     keras.utils.set_random_seed(0)
-    for seed, (name, (builder, kwargs)) in enumerate(sorted(CASES.items())):
+    for name in names:
+        builder, kwargs, seed = CASES[name]
         model = getattr(keras_mixer, builder)(**kwargs)
         _randomise(model, seed)
         rng = np.random.default_rng(100 + seed)
@@ -93,4 +125,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
