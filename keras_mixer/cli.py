@@ -242,7 +242,7 @@ def config_from_flags(default="default"):
     """The named config with every set flag and --override applied."""
     import ast
 
-    from keras_mixer import recipes
+    from keras_mixer.training import recipes
 
     overrides = {k: getattr(FLAGS, k) for k in CONFIG_FLAGS
                  if getattr(FLAGS, k) is not None}
@@ -278,7 +278,7 @@ def config_from_flags(default="default"):
 
 def _setup_devices():
     if FLAGS.cpu_devices:
-        from keras_mixer import distribute
+        from keras_mixer.training import distribute
 
         distribute.cpu_devices(FLAGS.cpu_devices)
 
@@ -291,7 +291,7 @@ def _verbose():
 
 def train(argv):
     """Trains --config / flags into --output_dir (resumes if it holds a run)."""
-    from keras_mixer import train as train_lib
+    from keras_mixer.training import train as train_lib
 
     if not FLAGS.output_dir:
         raise app.UsageError(
@@ -329,9 +329,9 @@ def _load_keras_file(path):
 
 def evaluate(argv):
     """Top-1/top-5 (or few-shot) of --model on --dataset's --split."""
-    from keras_mixer import data
-    from keras_mixer import evaluation
-    from keras_mixer import train as train_lib
+    from keras_mixer.training import data
+    from keras_mixer.training import evaluation
+    from keras_mixer.training import train as train_lib
 
     if not FLAGS.model:
         raise app.UsageError(
@@ -414,8 +414,8 @@ def _check_class_names(labels_path, info):
 def demo(argv):
     """Trains a small Mixer on the bundled digits, exports it, then classifies
     held-out digits through the SavedModel and the TFLite file."""
-    from keras_mixer import recipes
-    from keras_mixer import train as train_lib
+    from keras_mixer.training import recipes
+    from keras_mixer.training import train as train_lib
 
     output_dir = FLAGS.output_dir or "mixer_demo"
     overrides = {}
@@ -456,7 +456,7 @@ def show_held_out_digits(output_dir, count=8):
     import numpy as np
     import tensorflow as tf
 
-    from keras_mixer import data
+    from keras_mixer.training import data
     from keras_mixer import export as export_lib
 
     model_path = os.path.join(output_dir, "final.keras")
@@ -591,7 +591,7 @@ def export(argv):
     if "int8" in quantizations:
         import numpy as np
 
-        from keras_mixer import data
+        from keras_mixer.training import data
 
         size = model.input_shape[1]
         ds, _ = data.build_dataset(FLAGS.dataset, "train", image_size=size,
@@ -871,7 +871,7 @@ def overview():
 def _default(name, flag):
     value = flag.default
     if value is None and name in CONFIG_FLAGS:  # the config decides
-        from keras_mixer import recipes
+        from keras_mixer.training import recipes
 
         value = recipes.DEFAULTS.get(name)
         if value is not None:

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import bombs  # tests/bombs.py
-from keras_mixer import data
+from keras_mixer.training import data
 
 
 def test_digits_are_sklearns_1797_with_their_class_counts():

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import recipes
-from keras_mixer import train
+from keras_mixer.training import recipes
+from keras_mixer.training import train
 
 sys.path.insert(0, os.path.dirname(__file__))
 

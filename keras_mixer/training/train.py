@@ -73,10 +73,12 @@ import keras
 
 from keras_mixer import atomic
 from keras_mixer import checks
-from keras_mixer import distribute
 from keras_mixer import labels as labels_lib
 from keras_mixer import models
-from keras_mixer import recipes
+from keras_mixer.models.mixer import MLPMixer
+from keras_mixer.training import data
+from keras_mixer.training import distribute
+from keras_mixer.training import recipes
 
 logger = logging.getLogger("keras_mixer")
 
@@ -351,8 +353,6 @@ def patch_size_of(model_name):
 
 def check_inputs(config):
     """Refuses a config that cannot train, before any data or weights load."""
-    from keras_mixer import data
-
     if config["dataset"] is None:
         raise ValueError(
             f"Config {config['config']!r} needs --dataset: its data is not in "
@@ -439,8 +439,6 @@ def set_precision(precision):
 def build_model(config, classes):
     """The config's model for `classes` classes, with pretrained weights and
     a fresh zero head when `weights` is set."""
-    import keras_mixer
-
     size = config["image_size"]
     kwargs = dict(
         input_shape=(size, size, 3), classes=classes,
@@ -448,8 +446,8 @@ def build_model(config, classes):
         drop_path_rate=config["drop_path_rate"],
     )
     if config["model"] == "demo":
-        return keras_mixer.MLPMixer(**DEMO_MODEL, **kwargs, name="mixer_demo")
-    model = keras_mixer.MODELS[config["model"]](
+        return MLPMixer(**DEMO_MODEL, **kwargs, name="mixer_demo")
+    model = models.MODELS[config["model"]](
         weights=config["weights"], **kwargs
     )
     if config["weights"]:
@@ -524,8 +522,6 @@ def _prepare(config, output_dir, strategy, tpu, devices):
     Returns a dict of the pieces, or `{"done": metrics}` when `output_dir`
     holds this run finished.
     """
-    from keras_mixer import data
-
     if config["model"].endswith(".keras"):
         raise ValueError(
             f"train builds a named model (demo, MixerB16, ...), not a .keras "

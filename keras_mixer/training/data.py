@@ -50,7 +50,7 @@ import keras
 
 logger = logging.getLogger("keras_mixer")
 
-ASSETS = pathlib.Path(__file__).parent / "assets"
+ASSETS = pathlib.Path(__file__).parents[1] / "assets"
 DIGITS_FILE = ASSETS / "digits.csv.gz"
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
 # Digits held out for validation: a fixed 20% draw (seeded permutation).

@@ -47,10 +47,10 @@ import numpy as np
 import keras
 
 from keras_mixer import atomic
-from keras_mixer import data
-from keras_mixer import evaluation
 from keras_mixer import labels as labels_lib
 from keras_mixer.checkpoints import assign
+from keras_mixer.training import data
+from keras_mixer.training import evaluation
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
 # Largest relative error accepted against the Keras model (max |diff| over
