@@ -71,6 +71,7 @@ LAZY_SUBMODULES = {
     "distribute": "keras_mixer.training.distribute",
     "evaluation": "keras_mixer.training.evaluation",
     "export": "keras_mixer.export",
+    "images": "keras_mixer.images",
     "presets": "keras_mixer.presets",
     "train": "keras_mixer.training.train",
     "visualize": "keras_mixer.visualize",

@@ -47,9 +47,14 @@ import numpy as np
 import keras
 
 from keras_mixer import atomic
+from keras_mixer.images import EVAL_CROPS
+from keras_mixer.images import check_image_header
+from keras_mixer.images import decode_image
+from keras_mixer.images import max_image_pixels
+from keras_mixer.images import resize_crop
+from keras_mixer.images import resmall_crop
 from keras_mixer import labels as labels_lib
 from keras_mixer.checkpoints import assign
-from keras_mixer.training import data
 from keras_mixer.training import evaluation
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
@@ -140,16 +145,16 @@ def decode_and_resize(image_bytes, height, width, eval_crop="resmall_crop",
     """One encoded image (string scalar) -> float32 [height, width, 3] in
     [0, 255], with the eval preprocessing.
 
-    Decoding is bounded (`keras_mixer.data.decode_image`): an image over
-    `max_pixels` pixels (default `data.max_image_pixels()`) or bytes that are
+    Decoding is bounded (`keras_mixer.images.decode_image`): an image over
+    `max_pixels` pixels (default `images.max_image_pixels()`) or bytes that are
     no image raise tf.errors.InvalidArgumentError naming `what` before any
     pixel is decoded. The crop resizes the decoded uint8 image directly, so
     no float copy of the full-size image is made.
     """
     import tensorflow as tf
 
-    image = data.decode_image(image_bytes, max_pixels, what=what)
-    crop = data.resmall_crop if eval_crop == "resmall_crop" else data.resize_crop
+    image = decode_image(image_bytes, max_pixels, what=what)
+    crop = resmall_crop if eval_crop == "resmall_crop" else resize_crop
     if height == width:
         image = crop(image, height)
     else:
@@ -171,9 +176,9 @@ def decode_batch(image_bytes, height, width, eval_crop="resmall_crop",
     count = tf.shape(image_bytes, out_type=tf.int64)[0]
     index = tf.range(count)
     names = tf.strings.join(["image_bytes[", tf.strings.as_string(index), "]"])
-    limit = int(max_pixels or data.max_image_pixels())
+    limit = int(max_pixels or max_image_pixels())
     checked = tf.map_fn(
-        lambda item: data.check_image_header(item[1], limit, what=item[0])[0],
+        lambda item: check_image_header(item[1], limit, what=item[0])[0],
         (names, image_bytes), fn_output_signature=tf.int64,
         parallel_iterations=1)
     with tf.control_dependencies([checked]):
@@ -218,7 +223,7 @@ def save_for_serving(model, directory, version=1, top_k=None, labels=None,
         overwrite: replace an existing version folder (only once the new
             one is written and checked).
         max_pixels: the largest image `image_bytes` decodes, in pixels
-            (default `keras_mixer.data.max_image_pixels()`); fixed in the
+            (default `keras_mixer.images.max_image_pixels()`); fixed in the
             SavedModel.
         check: reload the written SavedModel and compare `serving_default`
             with the Keras model on a random image (relative error below
@@ -230,7 +235,7 @@ def save_for_serving(model, directory, version=1, top_k=None, labels=None,
 
     _require_tensorflow()
     height, width, is_softmax = _check_classifier(model)
-    max_pixels = int(max_pixels or data.max_image_pixels())
+    max_pixels = int(max_pixels or max_image_pixels())
     num_classes = model.output_shape[-1]
     if not isinstance(version, int) or version < 0:
         raise ValueError(f"version must be a non-negative integer, got {version!r}.")
@@ -238,8 +243,8 @@ def save_for_serving(model, directory, version=1, top_k=None, labels=None,
         top_k = min(5, num_classes)
     if not 1 <= top_k <= num_classes:
         raise ValueError(f"top_k must be in 1..{num_classes}, got {top_k}.")
-    if eval_crop not in data.EVAL_CROPS:
-        raise ValueError(f"eval_crop must be one of {data.EVAL_CROPS}.")
+    if eval_crop not in EVAL_CROPS:
+        raise ValueError(f"eval_crop must be one of {EVAL_CROPS}.")
     labels = resolve_labels(labels, num_classes)
     path = os.path.join(directory, str(version))
     if os.path.exists(path) and not overwrite:
