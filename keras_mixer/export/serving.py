@@ -1,8 +1,5 @@
-"""Export for serving: SavedModel for TF Serving, TFLite with builtin ops only,
-and the loaders behind `keras-mixer predict`.
-
-TensorFlow-only (run under the TensorFlow backend); the models never import
-it.
+"""SavedModel for TF Serving, its `image_bytes` decoding, and the predictor
+behind `keras-mixer predict` (SavedModel, .tflite or .keras).
 
 `save_for_serving(model, "export/models/mixer_b16", version=1)` writes TF
 Serving's layout `export/models/mixer_b16/1/` with three signatures:
@@ -25,77 +22,31 @@ float32) export. An image over the pixel limit (its size is read from its
 header, before decoding), a corrupt or an empty one fails its request with
 InvalidArgumentError naming its index in the batch (`image_bytes[i]`);
 nothing else is affected.
-
-Every export is written to a temporary name beside its destination, checked
-(the SavedModel reloaded and compared with Keras; TFLite and ONNX files run
-against Keras), and only then renamed into place, with the modes of `cp -r`;
-a failed check leaves the previous file or version untouched. Models with
-NaN or Inf weights are refused before any work.
-
-`to_tflite(model, "m.tflite", quantization="dynamic_int8")` converts with the
-TFLite builtin op set only (no Flex, no custom ops; every op of the result is
-checked), keeps the batch dimension dynamic, and checks the result against
-the Keras model with the LiteRT interpreter (`ai-edge-litert`).
 """
 
 import os
-import tempfile
-import time
 
 import numpy as np
+import tensorflow as tf
 
 import keras
 
 from keras_mixer import atomic
+from keras_mixer import labels as labels_lib
+from keras_mixer.checkpoints import assign
+from keras_mixer.export import _common
+from keras_mixer.export import tflite
 from keras_mixer.images import EVAL_CROPS
 from keras_mixer.images import check_image_header
 from keras_mixer.images import decode_image
 from keras_mixer.images import max_image_pixels
 from keras_mixer.images import resize_crop
 from keras_mixer.images import resmall_crop
-from keras_mixer import labels as labels_lib
-from keras_mixer.checkpoints import assign
-from keras_mixer.training import evaluation
+from keras_mixer.models._tools import prelogits_model
 
-QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
-# Largest relative error accepted against the Keras model (max |diff| over
-# max |reference| of the probabilities); int8 modes report top-1 agreement.
-TFLITE_TOLERANCE = {"none": 1e-4, "float16": 1e-2}
 SIGNATURES = ("serving_default", "image_bytes", "features")
 # Largest relative error accepted between a reloaded SavedModel and Keras.
 SAVED_MODEL_TOLERANCE = 1e-4
-
-
-def _require_tensorflow():
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "Export writes TensorFlow graphs: run it under the TensorFlow "
-            f"backend (KERAS_BACKEND=tensorflow), not {keras.backend.backend()!r}. "
-            "A model trained on another backend can be saved as .keras and "
-            "exported from there."
-        )
-
-
-def _check_classifier(model):
-    """The model's input size and whether its output is already softmax;
-    refuses a model that is no classifier or has NaN/Inf weights."""
-    try:
-        predictions = model.get_layer("predictions")
-    except ValueError:
-        raise ValueError(
-            f"Model {model.name!r} has no classification head ('predictions' "
-            "layer): export a keras_mixer classifier (include_top=True)."
-        ) from None
-    shape = model.input_shape
-    if len(shape) != 4 or None in shape[1:] or shape[-1] != 3:
-        raise ValueError(
-            f"Export needs a fixed RGB input size; the model takes {shape}."
-        )
-    activation = keras.activations.serialize(predictions.activation)
-    name = activation if isinstance(activation, str) else activation.get(
-        "config", {}).get("name", "")
-    assign.check_finite(model, f"Model {model.name!r}")
-    return shape[1], shape[2], name == "softmax"
 
 
 def default_labels(num_classes):
@@ -122,24 +73,6 @@ def resolve_labels(labels, num_classes):
     return labels
 
 
-def _write_saved_model(model, path, signatures):
-    """`tf.saved_model.save` of the signatures with the model's variables.
-
-    Each weight is stored once, in the SavedModel's variables/ files (Keras
-    3.15's ExportArchive stores every weight twice, under `variables/` and
-    `_all_variables/`, which doubles an H/14 export to 3.5 GB), and none in
-    the graph protobuf, so the 2 GB protobuf limit never applies.
-    """
-    import tensorflow as tf
-
-    module = tf.Module()
-    # With the TensorFlow backend a Keras variable wraps a tf.Variable.
-    module.model_variables = [v.value for v in model.weights]
-    for name, function in signatures.items():
-        setattr(module, name, function)
-    tf.saved_model.save(module, path, signatures=signatures)
-
-
 def decode_and_resize(image_bytes, height, width, eval_crop="resmall_crop",
                       max_pixels=None, what="image"):
     """One encoded image (string scalar) -> float32 [height, width, 3] in
@@ -151,8 +84,6 @@ def decode_and_resize(image_bytes, height, width, eval_crop="resmall_crop",
     pixel is decoded. The crop resizes the decoded uint8 image directly, so
     no float copy of the full-size image is made.
     """
-    import tensorflow as tf
-
     image = decode_image(image_bytes, max_pixels, what=what)
     crop = resmall_crop if eval_crop == "resmall_crop" else resize_crop
     if height == width:
@@ -171,8 +102,6 @@ def decode_batch(image_bytes, height, width, eval_crop="resmall_crop",
     InvalidArgumentError naming its index, `image_bytes[i]` (over the pixel
     limit, not an image, or, from the decoding pass, corrupt).
     """
-    import tensorflow as tf
-
     count = tf.shape(image_bytes, out_type=tf.int64)[0]
     index = tf.range(count)
     names = tf.strings.join(["image_bytes[", tf.strings.as_string(index), "]"])
@@ -231,10 +160,8 @@ def save_for_serving(model, directory, version=1, top_k=None, labels=None,
             The check holds a second copy of the weights while it runs; pass
             False where memory cannot hold two (then check it yourself).
     """
-    import tensorflow as tf
-
-    _require_tensorflow()
-    height, width, is_softmax = _check_classifier(model)
+    _common.require_tensorflow()
+    height, width, is_softmax = _common.check_classifier(model)
     max_pixels = int(max_pixels or max_image_pixels())
     num_classes = model.output_shape[-1]
     if not isinstance(version, int) or version < 0:
@@ -252,7 +179,7 @@ def save_for_serving(model, directory, version=1, top_k=None, labels=None,
             f"{path} exists: pass overwrite=True (--overwrite) or a new "
             "version number."
         )
-    features = evaluation.prelogits_model(model)
+    features = prelogits_model(model)
     label_table = tf.constant(labels) if labels else None
 
     def outputs(images):
@@ -290,222 +217,13 @@ def save_for_serving(model, directory, version=1, top_k=None, labels=None,
             0, 255, (1, height, width, 3)).astype(np.float32)
         got = served(images=tf.constant(images))["probabilities"].numpy()
         expected = outputs(tf.constant(images))["probabilities"].numpy()
-        _check_agreement(got, expected, SAVED_MODEL_TOLERANCE,
+        _common.check_agreement(got, expected, SAVED_MODEL_TOLERANCE,
                          f"The SavedModel for {path}")
 
     # TF Serving never sees a half-written or unchecked version.
     with atomic.writing_folder(path, check=compare if check else None) as tmp:
-        _write_saved_model(model, tmp, signatures)
+        _common.write_saved_model(model, tmp, signatures)
     return path
-
-
-def _relative_error(got, expected):
-    got = np.asarray(got, np.float64)
-    expected = np.asarray(expected, np.float64)
-    if got.shape != expected.shape:
-        return np.inf
-    return float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
-
-
-def _check_agreement(got, expected, tolerance, what):
-    error = _relative_error(got, expected)
-    if not error < tolerance:
-        raise RuntimeError(
-            f"{what} differs from the Keras model by relative error "
-            f"{error:.3g} (tolerance {tolerance}); it was not written and "
-            "what was there is unchanged."
-        )
-    return error
-
-
-# ----------------------------------------------------------------------------
-# TFLite.
-
-
-def _interpreter(model_path=None, model_content=None, num_threads=None):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as error:
-        raise ImportError(
-            "Checking TFLite files needs the LiteRT interpreter: "
-            "pip install ai-edge-litert"
-        ) from error
-    return Interpreter(model_path=model_path, model_content=model_content,
-                       num_threads=num_threads)
-
-
-def tflite_ops(model_path=None, model_content=None):
-    """The sorted op names of a TFLite model."""
-    interpreter = _interpreter(model_path, model_content)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
-
-
-def check_builtin_ops(ops):
-    """Raises if any op is a Flex (TensorFlow) or custom op."""
-    bad = [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")
-           or not op.isupper()]
-    if bad:
-        raise RuntimeError(
-            f"The TFLite model uses non-builtin ops {bad}; it would need the "
-            "Flex delegate or custom kernels on device."
-        )
-
-
-def run_tflite(model_path, images, num_threads=None):
-    """Runs a TFLite classifier on a batch (dynamic batch: resized to it).
-
-    Images of another size than the model's are refused (ValueError): LiteRT
-    would otherwise run them and silently drop or pad the border."""
-    interpreter = _interpreter(model_path, num_threads=num_threads)
-    inp = interpreter.get_input_details()[0]
-    images = np.asarray(images, np.float32)
-    expected = tuple(int(d) for d in inp["shape"][1:])
-    if images.ndim != 4 or images.shape[1:] != expected:
-        raise ValueError(
-            f"{model_path} takes images [batch, {', '.join(map(str, expected))}]"
-            f"; got shape {images.shape}. Resize (or crop) them to "
-            f"{expected[0]}x{expected[1]} first, as `keras-mixer predict` "
-            "does."
-        )
-    interpreter.resize_tensor_input(inp["index"], list(images.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], images)
-    interpreter.invoke()
-    output = interpreter.get_output_details()[0]
-    result = interpreter.get_tensor(output["index"])
-    signatures = interpreter.get_signature_list().values()
-    if any("logits" in sig.get("outputs", ()) for sig in signatures):
-        # int8 files end at the logits (see to_tflite).
-        result = np.exp(result - result.max(axis=-1, keepdims=True))
-        result /= result.sum(axis=-1, keepdims=True)
-    return result
-
-
-def tflite_latency_ms(model_path, runs=20, num_threads=None, warmup=3):
-    """Median batch-1 latency in ms (LiteRT's default CPU path, XNNPACK for
-    float ops)."""
-    interpreter = _interpreter(model_path, num_threads=num_threads)
-    inp = interpreter.get_input_details()[0]
-    shape = [1] + list(inp["shape"][1:])
-    interpreter.resize_tensor_input(inp["index"], shape)
-    interpreter.allocate_tensors()
-    x = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
-    times = []
-    for i in range(warmup + runs):
-        interpreter.set_tensor(inp["index"], x)
-        start = time.perf_counter()
-        interpreter.invoke()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
-
-
-def to_tflite(model, path, quantization="none", representative_data=None,
-              check_data=None, measure_latency=True):
-    """Converts `model` to a TFLite file with builtin ops only, checks it and
-    returns a report.
-
-    Args:
-        model: a keras_mixer classifier.
-        path: the `.tflite` file to write.
-        quantization: "none" (float32), "float16" (float16 weights),
-            "dynamic_int8" (int8 weights, float activations) or "int8" (int8
-            weights and activations; needs `representative_data`; float32
-            input, and float32 logits as output: a full-integer softmax
-            would round flat probabilities to zero, so `run_tflite` and
-            `keras-mixer predict` apply the softmax).
-        representative_data: images [N, H, W, 3] in [0, 255] for "int8"
-            calibration (a few hundred of the model's own data).
-        check_data: images to compare LiteRT with Keras on (default: 8
-            random images, or the representative data).
-        measure_latency: also time batch-1 inference.
-
-    Returns:
-        A dict: path, quantization, size_bytes, ops, max_relative_error
-        (max |LiteRT - Keras| / max |Keras| over the probabilities),
-        top1_agreement, latency_ms_batch1. Raises if an op is not builtin, or
-        if float32 / float16 miss their tolerance (1e-4 / 1e-2).
-    """
-    import tensorflow as tf
-
-    _require_tensorflow()
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"Unknown quantization {quantization!r}; use one of {QUANTIZATIONS}."
-        )
-    height, width, is_softmax = _check_classifier(model)
-    # A full-integer softmax has steps of 1/256: a confident 1000-class
-    # output survives, a flat one rounds to all zeros. So int8 files end at
-    # the (int8) logits, and `run_tflite` / `predict` apply the softmax.
-    logits = None
-    if quantization == "int8" and is_softmax:
-        logits = keras.Model(model.input, model.get_layer("head").output)
-    if quantization == "int8":
-        if representative_data is None or len(representative_data) == 0:
-            raise ValueError(
-                "quantization='int8' calibrates activations: give "
-                "representative_data, a few hundred images [N, H, W, 3] in "
-                "[0, 255] from the model's own data."
-            )
-        representative_data = np.asarray(representative_data, np.float32)
-        if representative_data.shape[1:] != (height, width, 3):
-            raise ValueError(
-                f"representative_data has shape {representative_data.shape}; "
-                f"the model takes [N, {height}, {width}, 3]."
-            )
-    @tf.function(input_signature=[
-        tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
-    def serve(images):
-        if logits is not None:
-            return {"logits": tf.cast(logits(images, training=False), tf.float32)}
-        return {"probabilities": model(images, training=False)}
-
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_saved_model(model, tmp, {"serving_default": serve})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantization == "int8":
-            def representative():
-                for image in representative_data:
-                    yield [image[None]]
-
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-            ]
-            converter.inference_input_type = tf.float32
-            converter.inference_output_type = tf.float32
-        content = converter.convert()
-    ops = tflite_ops(model_content=content)
-    check_builtin_ops(ops)
-    if check_data is None:
-        check_data = (representative_data[:8] if representative_data is not None
-                      else np.random.default_rng(0).uniform(
-                          0, 255, (8, height, width, 3)))
-    check_data = np.asarray(check_data, np.float32)
-    expected = np.asarray(model.predict(check_data, verbose=0), np.float64)
-    report = {"path": path, "quantization": quantization, "ops": ops}
-
-    def compare(tmp):
-        got = run_tflite(tmp, check_data).astype(np.float64)
-        report["max_relative_error"] = _relative_error(got, expected)
-        report["top1_agreement"] = float(
-            np.mean(got.argmax(-1) == expected.argmax(-1)))
-        tolerance = TFLITE_TOLERANCE.get(quantization)
-        if tolerance is not None:
-            _check_agreement(got, expected, tolerance,
-                             f"TFLite ({quantization}) {path}")
-
-    # Renamed into place only once the check passes.
-    atomic.write_bytes(path, content, check=compare)
-    report["size_bytes"] = os.path.getsize(path)
-    report["latency_ms_batch1"] = (tflite_latency_ms(path) if measure_latency
-                                   else None)
-    return report
 
 
 # ----------------------------------------------------------------------------
@@ -530,8 +248,6 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop",
     (its index for a SavedModel). A `.keras` model with NaN/Inf weights is
     refused.
     """
-    import tensorflow as tf
-
     if labels is None:
         labels = labels_lib.labels_beside(model_path)
     if os.path.isdir(model_path):
@@ -565,13 +281,13 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop",
 
         return predict
     if model_path.endswith(".tflite"):
-        interpreter = _interpreter(model_path)
+        interpreter = tflite.load_interpreter(model_path)
         shape = interpreter.get_input_details()[0]["shape"]
         height, width = int(shape[1]), int(shape[2])
         classes = int(interpreter.get_output_details()[0]["shape"][-1])
 
         def run(images):
-            return run_tflite(model_path, images)
+            return tflite.run_tflite(model_path, images)
     elif model_path.endswith(".keras"):
         model = keras.saving.load_model(model_path)
         assign.check_finite(model, model_path)
@@ -603,62 +319,3 @@ def load_predictor(model_path, labels=None, eval_crop="resmall_crop",
         return results
 
     return predict
-
-
-# ----------------------------------------------------------------------------
-# ONNX.
-
-
-def _erfc_to_onnx(ctx, node, name, args):
-    """tf2onnx handler for TensorFlow's Erfc (exact GELU lowers to it since
-    TF 2.x; tf2onnx 1.17 has no handler): erfc(x) = 1 - erf(x)."""
-    from tf2onnx import utils
-
-    erf = ctx.make_node("Erf", [node.input[0]])
-    one = ctx.make_const(utils.make_name("one"), np.array(1.0, np.float32))
-    node.type = "Sub"
-    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
-
-
-def to_onnx(model, path, opset=17, check_data=None):
-    """Converts `model` to ONNX with tf2onnx (dynamic batch) and checks it
-    with onnxruntime; returns a report (path, size_bytes, ops,
-    max_relative_error). Needs `pip install tf2onnx onnxruntime` (the
-    `onnx` extra)."""
-    import tensorflow as tf
-
-    _require_tensorflow()
-    try:
-        import onnxruntime
-        import tf2onnx
-    except ImportError as error:
-        raise ImportError(
-            "ONNX export needs tf2onnx and onnxruntime: "
-            'pip install "keras-mixer[onnx]"'
-        ) from error
-    height, width, _ = _check_classifier(model)
-    spec = (tf.TensorSpec((None, height, width, 3), tf.float32, name="images"),)
-    function = tf.function(lambda images: model(images, training=False),
-                           input_signature=spec)
-    proto, _ = tf2onnx.convert.from_function(
-        function, input_signature=spec, opset=opset,
-        custom_op_handlers={"Erfc": (_erfc_to_onnx, [])},
-    )
-    if check_data is None:
-        check_data = np.random.default_rng(0).uniform(0, 255, (4, height, width, 3))
-    check_data = np.asarray(check_data, np.float32)
-    expected = np.asarray(model.predict(check_data, verbose=0), np.float64)
-    errors = []
-
-    def compare(tmp):
-        session = onnxruntime.InferenceSession(
-            tmp, providers=["CPUExecutionProvider"])
-        got = session.run(None, {session.get_inputs()[0].name: check_data})[0]
-        errors.append(_check_agreement(got, expected, 1e-4, f"ONNX {path}"))
-
-    # Renamed into place only once onnxruntime agrees with Keras.
-    atomic.write_bytes(path, proto.SerializeToString(), check=compare)
-    error = errors[0]
-    return {"path": path, "size_bytes": os.path.getsize(path),
-            "ops": sorted({n.op_type for n in proto.graph.node}),
-            "max_relative_error": error}
