@@ -475,7 +475,6 @@ def visualize(model, weights, image_size, channels, classes, include_top,
         figure = "cross_patch" if family == "resmlp" else "token_mixing"
     kwargs = {"block": block} if figure in ("token_mixing",
                                             "cross_patch") else {}
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with usage_errors():
         visualize_lib.FIGURES[figure](built, output=output, **kwargs)
     print(f"wrote {output} ({figure}, {built.name})")
