@@ -75,20 +75,16 @@ def _fresh_keras_state():
 
 @pytest.fixture
 def cli_usage_error():
-    """Runs `keras-mixer ARGS...` in this process (flags parsed as the console
-    script parses them, then reset) and returns the `app.UsageError` it must
-    raise: for checks that fail before any work, without a new interpreter."""
-    from absl import app, flags
+    """Runs `keras-mixer ARGS...` in this process (parsed as the console
+    script parses them) and returns the `app.UsageError` it must raise: for
+    checks that fail before any work, without a new interpreter."""
+    from absl import app
 
     from keras_mixer import cli
 
     def run(*args):
-        try:
-            argv = flags.FLAGS(["keras-mixer", *args])
-            with pytest.raises(app.UsageError) as error:
-                cli.main(argv)
-            return str(error.value)
-        finally:
-            flags.FLAGS.unparse_flags()
+        with pytest.raises(app.UsageError) as error:
+            cli.main(["keras-mixer", *args])
+        return str(error.value)
 
     return run

@@ -42,7 +42,8 @@ def child(path, side, folder):
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import bombs
     import keras_mixer
-    from keras_mixer import data, export
+    from keras_mixer import export
+    from keras_mixer.training import data
 
     small = tf.io.encode_png(np.full((40, 50, 3), 90, np.uint8)).numpy()
     bomb = bombs.png_bomb(side)

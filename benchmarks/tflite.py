@@ -42,7 +42,7 @@ def main():
         for v in model.weights:
             v.assign(rng.normal(0, 0.02, v.shape).astype("float32"))
     if args.dataset:
-        from keras_mixer import data
+        from keras_mixer.training import data
 
         ds, _ = data.build_dataset(args.dataset, "validation", image_size=size,
                                    batch_size=16, training=False)

@@ -25,8 +25,9 @@ from keras_mixer import layers  # noqa: E402
 # Imported eagerly: the model families register their blocks, which saved
 # models name (keras_mixer>MixerBlock, ...).
 from keras_mixer import models  # noqa: E402
-# Registers the learning-rate schedule that trained models' optimizers save.
-from keras_mixer import recipes  # noqa: E402
+# Registers the learning-rate schedule that trained models' optimizers save
+# (keras_mixer>WarmupDecay); Keras only, no TensorFlow.
+from keras_mixer.training import recipes  # noqa: E402
 from keras_mixer.labels import decode_predictions  # noqa: E402
 from keras_mixer.models import MODELS  # noqa: E402
 from keras_mixer.models._builder import preprocess_input  # noqa: E402
@@ -72,26 +73,29 @@ from keras_mixer.presets import WEIGHTS  # noqa: E402
 from keras_mixer.presets import list_weights  # noqa: E402
 from keras_mixer.version import __version__  # noqa: E402
 
-# Public submodules loaded on first attribute access: name -> module. A module
-# that moves only changes its entry here.
+# Public submodules loaded on first attribute access: name -> module. The
+# short names of the training modules (`keras_mixer.train`, `.data`, ...)
+# stay public: the README, the notebooks and users' code call them.
 LAZY_SUBMODULES = {
     "benchmark": "keras_mixer.benchmark",
     "checkpoints": "keras_mixer.checkpoints",
-    "data": "keras_mixer.data",
-    "distribute": "keras_mixer.distribute",
-    "evaluation": "keras_mixer.evaluation",
+    "data": "keras_mixer.training.data",
+    "distribute": "keras_mixer.training.distribute",
+    "evaluation": "keras_mixer.training.evaluation",
     "export": "keras_mixer.export",
+    "images": "keras_mixer.images",
     "presets": "keras_mixer.presets",
-    "train": "keras_mixer.train",
+    "train": "keras_mixer.training.train",
     "visualize": "keras_mixer.visualize",
 }
 
 
 def __getattr__(name):
     if name in LAZY_SUBMODULES:
-        # The import also sets the attribute: later lookups skip this hook.
         with tf_logs.quiet_startup():  # some of them import TensorFlow
-            return importlib.import_module(LAZY_SUBMODULES[name])
+            module = importlib.import_module(LAZY_SUBMODULES[name])
+        globals()[name] = module  # later lookups skip this hook
+        return module
     raise AttributeError(f"module 'keras_mixer' has no attribute {name!r}")
 
 

@@ -30,15 +30,16 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 import types
 
 import keras
 import numpy as np
 
-import keras_mixer
 from keras_mixer import checks
 from keras_mixer import models
+from keras_mixer.models import _tools
 
 PRECISIONS = ("float32", "bfloat16")
 MODES = ("infer", "train")
@@ -342,7 +343,7 @@ def keras_throughput(model_name, batch_size=32, image_size=224,
     rng = np.random.default_rng(0)
     shape = (image_size, image_size, 3)
     with _dtype_policy(precision):
-        model = keras_mixer.MODELS[model_name](weights=None, input_shape=shape)
+        model = models.MODELS[model_name](weights=None, input_shape=shape)
         if mode == "infer":
             if jit_compile is not None:
                 model.jit_compile = jit_compile
@@ -374,7 +375,7 @@ def keras_throughput(model_name, batch_size=32, image_size=224,
         seconds=timer.seconds,
         jit_compile=bool(model.jit_compile),
         inputs=inputs,
-        flops_per_image=keras_mixer.count_flops(model),
+        flops_per_image=_tools.count_flops(model),
     )
 
 
@@ -585,18 +586,16 @@ def tflite_rows(model_name, image_size=224, quantizations=("none", "dynamic_int8
     per quantization; rows after the first carry `ratio_vs_float32` (speed-up
     over the first). Needs TensorFlow. See benchmarks/tflite.py for sizes and
     accuracy."""
-    import tempfile
-
     from keras_mixer import export
 
     check_arguments(model_name, 1, image_size)
-    model = keras_mixer.MODELS[model_name](
+    model = models.MODELS[model_name](
         weights=None, input_shape=(image_size, image_size, 3))
     rng = np.random.default_rng(0)
     for v in model.weights:
         v.assign(rng.normal(0, 0.02, v.shape).astype("float32"))
     images = _images(rng, 8, image_size)
-    flops = keras_mixer.count_flops(model)
+    flops = _tools.count_flops(model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for quantization in quantizations:

@@ -24,6 +24,7 @@ mosaic image, so even Mixer-H/14's 640 units draw in a fraction of a second.
 
 import numpy as np
 
+from keras_mixer import atomic
 from keras_mixer import checks
 from keras_mixer.layers import PatchEmbedding
 from keras_mixer.models import _builder
@@ -48,7 +49,8 @@ def _figure(width, height):
 
 def _finish(figure, output):
     if output is not None:
-        figure.savefig(output, dpi=figure.dpi, format="png")
+        with atomic.writing(output) as tmp:
+            figure.savefig(tmp, dpi=figure.dpi, format="png")
     return figure
 
 

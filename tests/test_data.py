@@ -8,7 +8,12 @@ import pytest
 import tensorflow as tf
 
 import bombs  # tests/bombs.py
-from keras_mixer import data
+from keras_mixer.images import MAX_PIXELS_ENV
+from keras_mixer.images import decode_image
+from keras_mixer.images import image_header
+from keras_mixer.training import data
+from keras_mixer.training import folders
+from keras_mixer.training import sources
 
 
 def test_digits_are_sklearns_1797_with_their_class_counts():
@@ -25,10 +30,10 @@ def test_digits_are_sklearns_1797_with_their_class_counts():
 
 def test_corrupt_digits_file_is_refused(tmp_path, monkeypatch):
     broken = tmp_path / "digits.csv.gz"
-    raw = bytearray(data.DIGITS_FILE.read_bytes())
+    raw = bytearray(sources.DIGITS_FILE.read_bytes())
     raw[100] ^= 0xFF
     broken.write_bytes(bytes(raw))
-    monkeypatch.setattr(data, "DIGITS_FILE", broken)
+    monkeypatch.setattr(sources, "DIGITS_FILE", broken)
     with pytest.raises(OSError, match="is corrupt .* Reinstall keras-mixer"):
         data.load_digits()
 
@@ -190,7 +195,7 @@ def folder(tmp_path):
 
 def test_image_folder_skips_and_counts_corrupt_files(folder, caplog):
     with caplog.at_level(logging.WARNING, logger="keras_mixer"):
-        paths, labels, classes, skipped = data.scan_image_folder(folder)
+        paths, labels, classes, skipped = folders.scan_image_folder(folder)
     assert classes == ["daisy", "rose", "tulip"]
     assert len(skipped) == 4 and len(paths) == 32
     assert "Skipped 4 file(s)" in caplog.text
@@ -233,7 +238,7 @@ def test_undecodable_file_is_named_counted_and_dropped(folder, caplog):
     # counted and dropped, while the rest flows on.
     garbage = folder / "rose" / "garbage.png"
     garbage.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"IEND\xaeB`\x82")
-    _, _, _, skipped = data.scan_image_folder(folder)
+    _, _, _, skipped = folders.scan_image_folder(folder)
     assert len(skipped) == 4
     with caplog.at_level(logging.WARNING, logger="keras_mixer"):
         ds, info = data.build_dataset(str(folder), "train", image_size=8,
@@ -310,26 +315,26 @@ def test_image_sizes_are_read_from_headers_and_bounded(monkeypatch):
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match=f"{name} is {size} pixels, over the decoding "
                            "limit of 67108864 pixels"):
-            data.decode_image(tf.constant(blob), what=name)
+            decode_image(tf.constant(blob), what=name)
     # An animated GIF is cut after its first frame: the decoder never reads
     # the others.
     frames = [Image.new("RGB", (12, 10), (i * 40, 0, 0)) for i in range(4)]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     animated = buffer.getvalue()
-    kind, height, width, first = data.image_header(tf.constant(animated))
+    kind, height, width, first = image_header(tf.constant(animated))
     assert (int(kind), int(height), int(width)) == (3, 10, 12)
     assert len(first.numpy()) < len(animated) / 2
     np.testing.assert_array_equal(
-        data.decode_image(tf.constant(animated)),
+        decode_image(tf.constant(animated)),
         tf.io.decode_gif(animated)[0])
     # The limit is configurable.
-    monkeypatch.setenv(data.MAX_PIXELS_ENV, "100")
+    monkeypatch.setenv(MAX_PIXELS_ENV, "100")
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="small is 12x10 pixels, over the decoding limit "
                        "of 100 pixels"):
-        data.decode_image(tf.constant(jpeg), what="small")
-    assert data.decode_image(tf.constant(jpeg), max_pixels=120).shape == (10, 12, 3)
+        decode_image(tf.constant(jpeg), what="small")
+    assert decode_image(tf.constant(jpeg), max_pixels=120).shape == (10, 12, 3)
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -391,9 +396,9 @@ def test_tfds_dataset_by_name_offline_with_mock_data():
         images, labels = next(iter(ds))
         assert images.shape == (4, 16, 16, 3) and info.flip
         # Splits: a minival held out of train, test for evaluation.
-        assert data._tfds_split("cifar10", "train") == "train[:98%]"
-        assert data._tfds_split("cifar10", "minival") == "train[98%:]"
-        assert data._tfds_split("cifar10", "validation") == "test"
+        assert sources._tfds_split("cifar10", "train") == "train[:98%]"
+        assert sources._tfds_split("cifar10", "minival") == "train[98%:]"
+        assert sources._tfds_split("cifar10", "validation") == "test"
 
 
 def test_an_unprepared_tfds_dataset_fails_fast_with_the_ways_forward(

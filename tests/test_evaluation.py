@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import data
-from keras_mixer import evaluation
+from keras_mixer.training import data
+from keras_mixer.training import evaluation
 
 
 def test_topk_counts_any_listed_class_and_skips_unlabelled():

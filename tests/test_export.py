@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 import keras_mixer
-from keras_mixer import data
+from keras_mixer.training import data
 from keras_mixer import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,8 @@ import json, os, sys
 import numpy as np, tensorflow as tf
 sys.path.insert(0, sys.argv[3])
 import bombs
-from keras_mixer import data, export
+from keras_mixer import export
+from keras_mixer.training import data
 
 def rss(key):
     for line in open("/proc/self/status"):
@@ -398,7 +399,7 @@ def test_a_failed_check_leaves_what_was_there(tmp_path, monkeypatch):
     assert {mode for mode, content in before[0].values() if content} == {0o644}
     assert before[1][""][0] == 0o644
 
-    monkeypatch.setattr(export, "SAVED_MODEL_TOLERANCE", -1.0)
+    monkeypatch.setattr(export.serving, "SAVED_MODEL_TOLERANCE", -1.0)
     monkeypatch.setitem(export.TFLITE_TOLERANCE, "none", -1.0)
     with pytest.raises(RuntimeError, match="SavedModel .* differs .* not "
                        "written and what was there is unchanged"):

@@ -483,16 +483,11 @@ def test_mixed_precision(policy, tolerance):
 @pytest.fixture
 def cli_run(capsys):
     """`keras-mixer ARGS...` in this process; returns what it printed."""
-    from absl import flags
-
     from keras_mixer import cli
 
     def run_cli(*args):
-        try:
-            assert cli.main(flags.FLAGS(["keras-mixer", *args])) == 0
-            return capsys.readouterr().out
-        finally:
-            flags.FLAGS.unparse_flags()
+        assert cli.main(["keras-mixer", *args]) == 0
+        return capsys.readouterr().out
 
     return run_cli
 

@@ -137,9 +137,9 @@ def test_train_reload_export_predict_evaluate(tmp_path):
 
 
 def test_the_batch_fits_small_data_or_is_refused_with_a_size():
-    from keras_mixer import data
-    from keras_mixer import recipes
-    from keras_mixer import train
+    from keras_mixer.training import data
+    from keras_mixer.training import recipes
+    from keras_mixer.training import train
 
     info = data.DatasetInfo("folder:photos", "train", 2, 26)
     default = recipes.get_config("default")  # batch 256, the config's own

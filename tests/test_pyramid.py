@@ -423,21 +423,15 @@ def test_training_reaches_every_weight():
 
 
 def test_stem_figure_and_cli(tmp_path, cli_usage_error):
-    from absl import flags
-
     from keras_mixer import cli
     from keras_mixer import visualize
 
     figure = visualize.stem_units(keras_mixer.VisionPermutator(**VIP_S7))
     assert "16 linear\nprojection units (4x4 patches)" in figure.axes[0].get_title()
     path = tmp_path / "stem.png"
-    argv = flags.FLAGS(["keras-mixer", "visualize",
-                        f"--model={os.path.join(DATA, 'cyclemlp.keras')}",
-                        f"--output={path}"])
-    try:
-        assert cli.main(argv) == 0
-    finally:
-        flags.FLAGS.unparse_flags()
+    assert cli.main(["keras-mixer", "visualize",
+                     f"--model={os.path.join(DATA, 'cyclemlp.keras')}",
+                     f"--output={path}"]) == 0
     assert path.read_bytes().startswith(b"\x89PNG")
     message = cli_usage_error("summary", "--model=ViPS7", "--image_size=256")
     assert "Input height 256: the input side must be 224" in message
@@ -446,16 +440,10 @@ def test_stem_figure_and_cli(tmp_path, cli_usage_error):
 def test_cli_summary_by_name(constant_initializers, capsys):
     """`keras-mixer summary --model CycleMLPB1` in this process (the console
     script's own path is tested in tests/test_cli.py)."""
-    from absl import flags
-
     from keras_mixer import cli
 
-    argv = flags.FLAGS(["keras-mixer", "summary", "--model=CycleMLPB1",
-                        "--image_size=64"])
-    try:
-        assert cli.main(argv) == 0
-    finally:
-        flags.FLAGS.unparse_flags()
+    assert cli.main(["keras-mixer", "summary", "--model=CycleMLPB1",
+                     "--image_size=64"]) == 0
     out = capsys.readouterr().out
     assert "stage_3_block_1" in out
     assert "parameters: 15,155,400" in out

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import recipes
-from keras_mixer import train
+from keras_mixer.training import recipes
+from keras_mixer.training import train
 
 
 def test_paper_recipes_are_named_and_match_table_4():

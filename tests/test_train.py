@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 import keras_mixer
-from keras_mixer import recipes
-from keras_mixer import train
+from keras_mixer.training import recipes
+from keras_mixer.training import records
+from keras_mixer.training import train
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -188,7 +189,7 @@ def test_sigkill_at_each_record_step_loses_nothing(tmp_path):
             "--verbose=2", f"--output_dir={out}"]
 
     def run(kill=None):
-        env = {**ENV, train.KILL_ENV: kill} if kill else ENV
+        env = {**ENV, records.KILL_ENV: kill} if kill else ENV
         result = _cli(*args, env=env)
         return result, result.stdout + result.stderr
 
@@ -270,7 +271,7 @@ def test_no_readable_backup_starts_over_from_the_initial_state(tmp_path, caplog)
         seen = []
         check = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: seen.append(
             [np.array(w) for w in model.get_weights()]))
-        record = train.RunRecord(str(tmp_path), {"epochs": epochs})
+        record = records.RunRecord(str(tmp_path), {"epochs": epochs})
         model.fit(x, y, epochs=epochs, callbacks=[record, check], verbose=0)
         return initial, seen[0]
 
@@ -299,7 +300,7 @@ def test_resumed_ema_run_ends_where_an_uninterrupted_one_does(tmp_path):
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         model.compile(keras.optimizers.AdamW(0.1, use_ema=True,
                                              ema_momentum=0.5), "mse")
-        callbacks = [train.RunRecord(str(folder), {"epochs": epochs}),
+        callbacks = [records.RunRecord(str(folder), {"epochs": epochs}),
                      keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
         model.fit(x, y, epochs=epochs, batch_size=4, shuffle=False,
                   callbacks=callbacks, verbose=0)

@@ -120,6 +120,26 @@ def test_stem_units_draws_each_filter_scaled_to_unit_range(tmp_path):
     np.testing.assert_allclose(tile, expected, atol=1e-6)
 
 
+def test_a_failed_figure_write_leaves_the_previous_file(tmp_path,
+                                                        monkeypatch):
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "stem.png"
+    out.write_bytes(b"previous figure")
+
+    def broken(self, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        visualize.stem_units(_mixer(), num_units=5, columns=5,
+                             output=str(out))
+    assert out.read_bytes() == b"previous figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stem.png"]
+
+
 def test_cross_patch_weights_shows_a_shift_at_each_position(tmp_path):
     model = _resmlp()
     layer = model.get_layer("block_0").cross_patch

@@ -127,29 +127,13 @@ def cache_dir():
 def _download(model_name, weights_name, entry):
     """Downloads to a temporary name, verifies, records, renames; a
     mismatching download is removed (it is ours) and nothing is kept."""
-    cached = os.path.join(cache_dir(), entry["filename"])
+    path = os.path.join(cache_dir(), entry["filename"])
     # get_file falls back to /tmp/.keras when the folder does not exist yet.
     os.makedirs(cache_dir(), exist_ok=True)
     atomic.remove_temporaries(cache_dir(), stale_only=True)
-    name = os.path.basename(atomic.temporary_name(cached))
-    try:
-        tmp = keras.utils.get_file(
-            fname=name,
-            origin=entry["url"],
-            cache_dir=os.path.dirname(os.path.dirname(cache_dir())),
-            cache_subdir=os.path.join("models", "keras_mixer"),
-        )
-    except Exception as error:  # get_file raises bare Exceptions
-        raise ValueError(
-            f"Could not download the {model_name} weights {weights_name!r} "
-            f"from {entry['url']} ({error}). Without network access, download "
-            f"that file elsewhere and put it at {cached} (or in the folder "
-            f"named by KERAS_MIXER_WEIGHTS_DIR, as {entry['filename']}), or "
-            "pass its path as weights=..."
-        ) from None
-    path = os.path.join(os.path.dirname(tmp), entry["filename"])
-    try:
-        refuse_web_page(tmp, entry, downloaded=True)  # `finally` removes it
+
+    def verify(tmp):
+        refuse_web_page(tmp, entry, downloaded=True)
         actual = _sha256(tmp)
         problem = checksum_problem(tmp, entry, actual=actual)
         if problem:
@@ -162,10 +146,23 @@ def _download(model_name, weights_name, entry):
         record = {"url": entry["url"], "sha256": actual,
                   "identity": _identity(tmp)}  # a rename keeps the identity
         atomic.write_text(path + DOWNLOAD_RECORD, json.dumps(record))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    with atomic.writing(path, check=verify) as tmp:
+        try:
+            keras.utils.get_file(
+                fname=os.path.basename(tmp),
+                origin=entry["url"],
+                cache_dir=os.path.dirname(os.path.dirname(cache_dir())),
+                cache_subdir=os.path.join("models", "keras_mixer"),
+            )
+        except Exception as error:  # get_file raises bare Exceptions
+            raise ValueError(
+                f"Could not download the {model_name} weights "
+                f"{weights_name!r} from {entry['url']} ({error}). Without "
+                f"network access, download that file elsewhere and put it at "
+                f"{path} (or in the folder named by KERAS_MIXER_WEIGHTS_DIR, "
+                f"as {entry['filename']}), or pass its path as weights=..."
+            ) from None
     return path
 
 

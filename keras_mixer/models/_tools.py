@@ -1,5 +1,5 @@
-"""Operations on a built keras_mixer model: its family, intermediate
-features, FLOPs, and the Appendix C resize to a larger input."""
+"""Operations on a built keras_mixer model: its family, intermediate and
+pre-logits features, FLOPs, and the Appendix C resize to a larger input."""
 
 import re
 
@@ -165,3 +165,17 @@ def resize_token_mixing(model, new_input_shape):
     )
     assign.assign_checkpoint(resized, checkpoint, **_builder.grid_growth(resized))
     return resized
+
+
+def prelogits_model(model):
+    """A model from `model`'s input to its pooled pre-logits features."""
+    for name in ("avg_pool", "max_pool"):
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            continue
+        return keras.Model(model.input, layer.output, name="prelogits")
+    raise ValueError(
+        f"Model {model.name!r} has no 'avg_pool' or 'max_pool' layer: give a "
+        "keras_mixer classifier (or a model built with pooling='avg')."
+    )

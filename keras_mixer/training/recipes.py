@@ -119,8 +119,7 @@ CONFIGS = {
         "crop_area": (0.08, 1.0), "eval_crop": "resmall_crop",
         "ema": 0.99996,
     },
-    # keras-mixer demo: a small Mixer on the bundled digits, offline, ~1 min
-    # on 2 CPU cores.
+    # keras-mixer demo: a small Mixer on the bundled digits, offline.
     "demo": {
         "model": "demo", "dataset": "digits", "image_size": 32,
         "batch_size": 64, "base_batch": 64, "epochs": 15,

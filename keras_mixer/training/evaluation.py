@@ -13,6 +13,8 @@ import numpy as np
 
 import keras
 
+from keras_mixer.models._tools import prelogits_model
+
 FEWSHOT_L2 = 2.0 ** 10
 BIAS_CONSTANT = 100.0
 
@@ -50,20 +52,6 @@ def evaluate(model, dataset, steps=None):
         "top5": float(np.nanmean(top5)),
         "examples": int(np.sum(~np.isnan(top1))),
     }
-
-
-def prelogits_model(model):
-    """A model from `model`'s input to its pooled pre-logits features."""
-    for name in ("avg_pool", "max_pool"):
-        try:
-            layer = model.get_layer(name)
-        except ValueError:
-            continue
-        return keras.Model(model.input, layer.output, name="prelogits")
-    raise ValueError(
-        f"Model {model.name!r} has no 'avg_pool' or 'max_pool' layer: give a "
-        "keras_mixer classifier (or a model built with pooling='avg')."
-    )
 
 
 def features(model, dataset):

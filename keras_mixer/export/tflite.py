@@ -1,0 +1,209 @@
+"""TFLite files with builtin ops only, checked against Keras with the LiteRT
+interpreter (`ai-edge-litert`), and running them.
+
+`to_tflite(model, "m.tflite", quantization="dynamic_int8")` converts with the
+TFLite builtin op set only (no Flex, no custom ops; every op of the result is
+checked), keeps the batch dimension dynamic, and checks the result against
+the Keras model before the file takes its name.
+"""
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+from keras_mixer import atomic
+from keras_mixer.export import _common
+
+QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
+# Largest relative error accepted against the Keras model (max |diff| over
+# max |reference| of the probabilities); int8 modes report top-1 agreement.
+TFLITE_TOLERANCE = {"none": 1e-4, "float16": 1e-2}
+
+
+def load_interpreter(model_path=None, model_content=None, num_threads=None):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as error:
+        raise ImportError(
+            "Checking TFLite files needs the LiteRT interpreter: "
+            "pip install ai-edge-litert"
+        ) from error
+    return Interpreter(model_path=model_path, model_content=model_content,
+                       num_threads=num_threads)
+
+
+def tflite_ops(model_path=None, model_content=None):
+    """The sorted op names of a TFLite model."""
+    interpreter = load_interpreter(model_path, model_content)
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def check_builtin_ops(ops):
+    """Raises if any op is a Flex (TensorFlow) or custom op."""
+    bad = [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")
+           or not op.isupper()]
+    if bad:
+        raise RuntimeError(
+            f"The TFLite model uses non-builtin ops {bad}; it would need the "
+            "Flex delegate or custom kernels on device."
+        )
+
+
+def run_tflite(model_path, images, num_threads=None):
+    """Runs a TFLite classifier on a batch (dynamic batch: resized to it).
+
+    Images of another size than the model's are refused (ValueError): LiteRT
+    would otherwise run them and silently drop or pad the border."""
+    interpreter = load_interpreter(model_path, num_threads=num_threads)
+    inp = interpreter.get_input_details()[0]
+    images = np.asarray(images, np.float32)
+    expected = tuple(int(d) for d in inp["shape"][1:])
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise ValueError(
+            f"{model_path} takes images [batch, {', '.join(map(str, expected))}]"
+            f"; got shape {images.shape}. Resize (or crop) them to "
+            f"{expected[0]}x{expected[1]} first, as `keras-mixer predict` "
+            "does."
+        )
+    interpreter.resize_tensor_input(inp["index"], list(images.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], images)
+    interpreter.invoke()
+    output = interpreter.get_output_details()[0]
+    result = interpreter.get_tensor(output["index"])
+    signatures = interpreter.get_signature_list().values()
+    if any("logits" in sig.get("outputs", ()) for sig in signatures):
+        # int8 files end at the logits (see to_tflite).
+        result = np.exp(result - result.max(axis=-1, keepdims=True))
+        result /= result.sum(axis=-1, keepdims=True)
+    return result
+
+
+def tflite_latency_ms(model_path, runs=20, num_threads=None, warmup=3):
+    """Median batch-1 latency in ms (LiteRT's default CPU path, XNNPACK for
+    float ops)."""
+    interpreter = load_interpreter(model_path, num_threads=num_threads)
+    inp = interpreter.get_input_details()[0]
+    shape = [1] + list(inp["shape"][1:])
+    interpreter.resize_tensor_input(inp["index"], shape)
+    interpreter.allocate_tensors()
+    x = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
+    times = []
+    for i in range(warmup + runs):
+        interpreter.set_tensor(inp["index"], x)
+        start = time.perf_counter()
+        interpreter.invoke()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def to_tflite(model, path, quantization="none", representative_data=None,
+              check_data=None, measure_latency=True):
+    """Converts `model` to a TFLite file with builtin ops only, checks it and
+    returns a report.
+
+    Args:
+        model: a keras_mixer classifier.
+        path: the `.tflite` file to write.
+        quantization: "none" (float32), "float16" (float16 weights),
+            "dynamic_int8" (int8 weights, float activations) or "int8" (int8
+            weights and activations; needs `representative_data`; float32
+            input, and float32 logits as output: a full-integer softmax
+            would round flat probabilities to zero, so `run_tflite` and
+            `keras-mixer predict` apply the softmax).
+        representative_data: images [N, H, W, 3] in [0, 255] for "int8"
+            calibration (a few hundred of the model's own data).
+        check_data: images to compare LiteRT with Keras on (default: 8
+            random images, or the representative data).
+        measure_latency: also time batch-1 inference.
+
+    Returns:
+        A dict: path, quantization, size_bytes, ops, max_relative_error
+        (max |LiteRT - Keras| / max |Keras| over the probabilities),
+        top1_agreement, latency_ms_batch1. Raises if an op is not builtin, or
+        if float32 / float16 miss their tolerance (1e-4 / 1e-2).
+    """
+    _common.require_tensorflow()
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"Unknown quantization {quantization!r}; use one of {QUANTIZATIONS}."
+        )
+    height, width, is_softmax = _common.check_classifier(model)
+    # A full-integer softmax has steps of 1/256: a confident 1000-class
+    # output survives, a flat one rounds to all zeros. So int8 files end at
+    # the (int8) logits, and `run_tflite` / `predict` apply the softmax.
+    logits = None
+    if quantization == "int8" and is_softmax:
+        logits = keras.Model(model.input, model.get_layer("head").output)
+    if quantization == "int8":
+        if representative_data is None or len(representative_data) == 0:
+            raise ValueError(
+                "quantization='int8' calibrates activations: give "
+                "representative_data, a few hundred images [N, H, W, 3] in "
+                "[0, 255] from the model's own data."
+            )
+        representative_data = np.asarray(representative_data, np.float32)
+        if representative_data.shape[1:] != (height, width, 3):
+            raise ValueError(
+                f"representative_data has shape {representative_data.shape}; "
+                f"the model takes [N, {height}, {width}, 3]."
+            )
+    @tf.function(input_signature=[
+        tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
+    def serve(images):
+        if logits is not None:
+            return {"logits": tf.cast(logits(images, training=False), tf.float32)}
+        return {"probabilities": model(images, training=False)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _common.write_saved_model(model, tmp, {"serving_default": serve})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantization == "int8":
+            def representative():
+                for image in representative_data:
+                    yield [image[None]]
+
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+            ]
+            converter.inference_input_type = tf.float32
+            converter.inference_output_type = tf.float32
+        content = converter.convert()
+    ops = tflite_ops(model_content=content)
+    check_builtin_ops(ops)
+    if check_data is None:
+        check_data = (representative_data[:8] if representative_data is not None
+                      else np.random.default_rng(0).uniform(
+                          0, 255, (8, height, width, 3)))
+    check_data = np.asarray(check_data, np.float32)
+    expected = np.asarray(model.predict(check_data, verbose=0), np.float64)
+    report = {"path": path, "quantization": quantization, "ops": ops}
+
+    def compare(tmp):
+        got = run_tflite(tmp, check_data).astype(np.float64)
+        report["max_relative_error"] = _common.relative_error(got, expected)
+        report["top1_agreement"] = float(
+            np.mean(got.argmax(-1) == expected.argmax(-1)))
+        tolerance = TFLITE_TOLERANCE.get(quantization)
+        if tolerance is not None:
+            _common.check_agreement(got, expected, tolerance,
+                             f"TFLite ({quantization}) {path}")
+
+    # Renamed into place only once the check passes.
+    atomic.write_bytes(path, content, check=compare)
+    report["size_bytes"] = os.path.getsize(path)
+    report["latency_ms_batch1"] = (tflite_latency_ms(path) if measure_latency
+                                   else None)
+    return report
