@@ -503,9 +503,9 @@ COMMANDS = {
         "keras-mixer visualize --model MixerB16 --weights imagenet21k "
         "--output units.png",
         dict(MODEL_FLAGS, output=Flag("string", "The .png file to write."),
-             figure=Flag("enum", "The figure; auto is token_mixing for Mixer, "
-                         "cross_patch for ResMLP, stem for CycleMLP and ViP.",
-                         "auto",
+             figure=Flag("enum", "The figure; auto is token_mixing for Mixer "
+                         "and gMixer, cross_patch for ResMLP and gMLP, stem "
+                         "for ConvMixer, CycleMLP and ViP.", "auto",
                          ("auto", "token_mixing", "stem", "cross_patch",
                           "sparsity")),
              block=Flag("integer", "The block of token_mixing and "

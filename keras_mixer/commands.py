@@ -472,8 +472,7 @@ def visualize(model, weights, image_size, channels, classes, include_top,
     if figure == "auto":
         with usage_errors():
             family = _tools.model_family(built)
-        figure = {"resmlp": "cross_patch", "cyclemlp": "stem",
-                  "vip": "stem"}.get(family, "token_mixing")
+        figure = visualize_lib.DEFAULT_FIGURE[family]
     kwargs = {"block": block} if figure in ("token_mixing",
                                             "cross_patch") else {}
     with usage_errors():

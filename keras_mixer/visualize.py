@@ -1,14 +1,21 @@
-"""Pictures of what Mixer and ResMLP learn (matplotlib).
+"""Pictures of what the all-MLP models learn (matplotlib).
 
-- `token_mixing_units`: the hidden units of a token-mixing MLP, each shown as
-  its weights over the patch grid, paired with its opposite-phase partner and
-  sorted from low to high spatial frequency (MLP-Mixer paper, Figure 5).
+- `token_mixing_units`: the hidden units of a token-mixing MLP (MLP-Mixer,
+  gMixer), each shown as its weights over the patch grid, paired with its
+  opposite-phase partner and sorted from low to high spatial frequency
+  (MLP-Mixer paper, Figure 5).
 - `stem_units`: the stem's linear projection units as RGB patches (Figure 7);
-  for CycleMLP and Vision Permutator, their convolution stem's filters.
+  for ConvMixer, CycleMLP and Vision Permutator, their convolution stem's
+  filters.
 - `cross_patch_weights`: the incoming weights of every output patch of a
-  ResMLP cross-patch layer, laid out on the patch grid (ResMLP paper, section 4).
-- `weight_sparsity`: the fraction of near-zero weights of each linear layer,
-  block by block; `sparsity` gives the numbers.
+  linear map across patches, laid out on the patch grid: ResMLP's cross-patch
+  layer (ResMLP paper, section 4) or gMLP's spatial gating projection (gMLP
+  paper, Figure 3).
+- `weight_sparsity`: the fraction of near-zero weights of each linear layer
+  of MLP-Mixer and ResMLP, block by block; `sparsity` gives the numbers.
+
+`DEFAULT_FIGURE` names the figure that suits each family (`keras-mixer
+visualize --figure auto`).
 
 Each figure function returns a `matplotlib.figure.Figure` (displayed inline
 in a notebook) and, given `output`, saves it as a PNG. Tiles are built into one
@@ -29,6 +36,8 @@ from keras_mixer import checks
 from keras_mixer.layers import PatchEmbedding
 from keras_mixer.models import _builder
 from keras_mixer.models._pyramid import ConvEmbedding
+from keras_mixer.models.convmixer import ConvMixerStem
+from keras_mixer.models.gmlp import GMLPBlock
 from keras_mixer.models.mixer import MixerBlock
 from keras_mixer.models.resmlp import ResMLPBlock
 
@@ -63,24 +72,30 @@ def _show_mosaic(figure, image, title, output, **imshow):
     return _finish(figure, output)
 
 
-def _blocks(model, kind):
-    blocks = [layer for layer in model.layers if isinstance(layer, kind)]
+def _blocks(model, kinds, figure):
+    """The model's blocks of `kinds`; a ValueError that says which figures
+    suit the model when it has none."""
+    blocks = [layer for layer in model.layers if isinstance(layer, kinds)]
     if not blocks:
-        family = "MLP-Mixer" if kind is MixerBlock else "ResMLP"
-        other = (
-            "cross_patch_weights"
-            if kind is MixerBlock
-            else "token_mixing_units"
+        suited = ", ".join(
+            name for name, families in FIGURE_FAMILIES.items()
+            if _family(model) in families
         )
         raise ValueError(
-            f"{model.name} has no {family} blocks; this figure is for "
-            f"{family} models (use {other} for the other family)."
+            f"{model.name} has no {' or '.join(k.__name__ for k in kinds)}: "
+            f"the {figure} figure is for {', '.join(FIGURE_FAMILIES[figure])} "
+            f"models. For this model: {suited or 'none'}."
         )
     return blocks
 
 
-def _block(model, kind, block):
-    blocks = _blocks(model, kind)
+def _family(model):
+    return next((layer.family for layer in model.layers
+                 if getattr(layer, "family", None)), None)
+
+
+def _block(model, kinds, block, figure):
+    blocks = _blocks(model, kinds, figure)
     if not isinstance(block, int) or not -len(blocks) <= block < len(blocks):
         raise ValueError(
             f"block must be an integer in [0, {len(blocks) - 1}] for "
@@ -190,7 +205,7 @@ def token_mixing_units(model, block=0, num_units=None, columns=None,
         A `matplotlib.figure.Figure`; `figure.pairs` holds the drawn unit
         indices pair by pair.
     """
-    layer = _block(model, MixerBlock, block)
+    layer = _block(model, (MixerBlock,), block, "token_mixing")
     kernel = np.asarray(layer.token_mixing.fc1.kernel)  # (tokens, units)
     grid = _builder.patch_grid(model)
     units = kernel.T.reshape((-1,) + grid)
@@ -231,9 +246,10 @@ def stem_units(model, num_units=128, columns=16, output=None):
     own. The first `num_units` units are shown.
     """
     stem = model.get_layer("stem")
-    if not isinstance(stem, (PatchEmbedding, ConvEmbedding)):
+    if not isinstance(stem, (PatchEmbedding, ConvEmbedding, ConvMixerStem)):
         raise ValueError(
-            f"{model.name}'s `stem` is not a PatchEmbedding or ConvEmbedding."
+            f"{model.name}'s `stem` is not a PatchEmbedding, ConvEmbedding or "
+            "ConvMixerStem."
         )
     kernel = np.asarray(stem.proj.kernel)  # (p, p, channels, hidden)
     tiles = np.moveaxis(kernel, -1, 0)[:num_units]
@@ -261,21 +277,26 @@ def stem_units(model, num_units=128, columns=16, output=None):
 
 
 def cross_patch_weights(model, block=0, output=None):
-    """The cross-patch connectivity of one ResMLP block.
+    """The connectivity across patches of one ResMLP or gMLP block.
 
     Output patch `j` gets `sum_i kernel[i, j] * x_i`: column `j` of the
-    `cross_patch` kernel, drawn on the patch grid and placed at `j`'s own
+    block's linear map across patches (ResMLP's `cross_patch`, gMLP's
+    `spatial_gating/proj`), drawn on the patch grid and placed at `j`'s own
     grid position, so the figure is a grid of grids. Local, shift-like
     patterns show as a bright spot that moves with the tile.
     """
-    layer = _block(model, ResMLPBlock, block)
-    kernel = np.asarray(layer.cross_patch.kernel)  # (tokens in, tokens out)
+    layer = _block(model, (ResMLPBlock, GMLPBlock), block, "cross_patch")
+    if isinstance(layer, ResMLPBlock):
+        kernel, what = layer.cross_patch.kernel, "cross-patch"
+    else:
+        kernel, what = layer.spatial_gating.proj.kernel, "spatial gating"
+    kernel = np.asarray(kernel)  # (tokens in, tokens out)
     grid = _builder.patch_grid(model)
     tiles = _symmetric(kernel.T.reshape((-1,) + grid))
     image = mosaic(tiles, grid[1])
     figure = _figure(9, 9 * grid[0] / grid[1] + 0.4)
     title = (
-        f"{model.name} block {block}: incoming cross-patch weights of each of "
+        f"{model.name} block {block}: incoming {what} weights of each of "
         f"the {grid[0]}x{grid[1]} patches, at its own position"
     )
     return _show_mosaic(figure, image, title, output, cmap=_cmap("RdBu_r"),
@@ -307,12 +328,7 @@ def sparsity(model, threshold=SPARSITY_THRESHOLD):
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
-    blocks = [
-        layer for layer in model.layers
-        if isinstance(layer, (MixerBlock, ResMLPBlock))
-    ]
-    if not blocks:
-        raise ValueError(f"{model.name} has no Mixer or ResMLP blocks.")
+    blocks = _blocks(model, (MixerBlock, ResMLPBlock), "sparsity")
     result = {}
     for block in blocks:
         for name, kernel in _linear_layers(block).items():
@@ -346,4 +362,22 @@ FIGURES = {
     "stem": stem_units,
     "cross_patch": cross_patch_weights,
     "sparsity": weight_sparsity,
+}
+
+# The families (a block's `family`) each figure draws; gMixer is a "mixer".
+FIGURE_FAMILIES = {
+    "token_mixing": ("mixer",),
+    "stem": ("mixer", "resmlp", "gmlp", "convmixer", "cyclemlp", "vip"),
+    "cross_patch": ("resmlp", "gmlp"),
+    "sparsity": ("mixer", "resmlp"),
+}
+
+# The figure `keras-mixer visualize --figure auto` draws for each family.
+DEFAULT_FIGURE = {
+    "mixer": "token_mixing",
+    "resmlp": "cross_patch",
+    "gmlp": "cross_patch",
+    "convmixer": "stem",
+    "cyclemlp": "stem",
+    "vip": "stem",
 }

@@ -73,6 +73,10 @@ def _randomise(layer):
         v.assign(value)
 
 
+# Bases that a family's block completes (its token mixer): tested through it.
+ABSTRACT_LAYERS = {"PyramidBlock"}
+
+
 def test_every_layer_is_covered():
     public = {
         name
@@ -81,7 +85,7 @@ def test_every_layer_is_covered():
         if isinstance(obj, type)
         and issubclass(obj, keras.layers.Layer)
         and obj.__module__ == module.__name__
-    }
+    } - ABSTRACT_LAYERS
     covered = {name.split("_")[0] for name in LAYER_CASES}
     assert public == covered
 

@@ -101,10 +101,25 @@ def test_token_mixing_units_num_units_and_errors():
     assert np.count_nonzero(~np.isnan(_image(figure))) == 4 * GRID * GRID
     with pytest.raises(ValueError, match=r"block must be an integer in \[0, 1\]"):
         visualize.token_mixing_units(model, block=2)
-    with pytest.raises(ValueError, match="no ResMLP blocks.*token_mixing_units"):
+    with pytest.raises(ValueError, match="no ResMLPBlock or GMLPBlock: the "
+                       "cross_patch figure is for resmlp, gmlp models. For "
+                       "this model: token_mixing, stem, sparsity"):
         visualize.cross_patch_weights(model)
-    with pytest.raises(ValueError, match="no MLP-Mixer blocks.*cross_patch"):
+    with pytest.raises(ValueError, match="no MixerBlock.*For this model: "
+                       "stem, cross_patch, sparsity"):
         visualize.token_mixing_units(_resmlp())
+
+
+def test_every_family_has_a_default_figure_it_can_draw():
+    """`--figure auto` of every family names a figure that accepts it."""
+    from keras_mixer.models import convmixer, cyclemlp, gmlp, mixer, resmlp, vip
+
+    blocks = (mixer.MixerBlock, resmlp.ResMLPBlock, gmlp.GMLPBlock,
+              convmixer.ConvMixerBlock, cyclemlp.CycleBlock, vip.PermutatorBlock)
+    assert set(visualize.DEFAULT_FIGURE) == {block.family for block in blocks}
+    for family, figure in visualize.DEFAULT_FIGURE.items():
+        assert family in visualize.FIGURE_FAMILIES[figure]
+    assert set(visualize.FIGURE_FAMILIES) == set(visualize.FIGURES)
 
 
 def test_stem_units_draws_each_filter_scaled_to_unit_range(tmp_path):
@@ -159,6 +174,38 @@ def test_cross_patch_weights_shows_a_shift_at_each_position(tmp_path):
         spot = np.unravel_index(np.argmax(tile), tile.shape)
         assert np.ravel_multi_index(spot, (GRID, GRID)) == (j - 1) % tokens
         assert tile.max() == 1.0 and np.count_nonzero(tile) == 1
+
+
+def test_gmlp_spatial_gating_and_convmixer_stem_figures():
+    """gMLP's spatial gating projection is drawn like ResMLP's cross-patch
+    layer (column j at patch j); ConvMixer's stem filters as patches."""
+    gmlp = keras_mixer.GMLP(patch_size=4, hidden_dim=12, num_blocks=2,
+                            input_shape=(4 * GRID, 4 * GRID, 3), classes=5)
+    proj = gmlp.get_layer("block_1").spatial_gating.proj
+    tokens = GRID * GRID
+    kernel = np.zeros((tokens, tokens), "float32")
+    kernel[(np.arange(tokens) + GRID) % tokens, np.arange(tokens)] = -3.0
+    proj.kernel.assign(kernel)  # output patch j reads the patch below it
+    figure = visualize.cross_patch_weights(gmlp, block=1)
+    assert "spatial gating" in figure.axes[0].get_title()
+    image = _image(figure)
+    step = GRID + 1
+    for j in range(tokens):
+        row, col = divmod(j, GRID)
+        tile = image[row * step:row * step + GRID, col * step:col * step + GRID]
+        spot = np.unravel_index(np.argmin(tile), tile.shape)
+        assert np.ravel_multi_index(spot, (GRID, GRID)) == (j + GRID) % tokens
+    convmixer = keras_mixer.ConvMixer(hidden_dim=6, num_blocks=1, kernel_size=3,
+                                      patch_size=4, input_shape=(16, 16, 3),
+                                      classes=5)
+    image = _image(visualize.stem_units(convmixer, columns=6))
+    assert image.shape == (4, 6 * 4 + 5, 3)
+    kernel = np.asarray(convmixer.get_layer("stem").proj.kernel)[..., 0]
+    np.testing.assert_allclose(
+        image[:, :4], (kernel - kernel.min()) / (kernel.max() - kernel.min()),
+        atol=1e-6)
+    with pytest.raises(ValueError, match="For this model: stem"):
+        visualize.weight_sparsity(convmixer)
 
 
 def test_sparsity_counts_weights_below_the_threshold(tmp_path):

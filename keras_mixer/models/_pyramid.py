@@ -1,7 +1,8 @@
 """What the pyramid families (CycleMLP, Vision Permutator) share: the
 convolution that keeps the map (`ConvEmbedding`: stem and downsampling), the
 weights of their three token-mixing branches (`SplitAttention`,
-`weighted_sum`), and the check of their per-stage arguments (`stage_lists`).
+`weighted_sum`), their block around a token mixer (`PyramidBlock`), and the
+check of their per-stage arguments (`stage_lists`).
 
 Tensors between their layers are maps `(batch, height, width, channels)`.
 """
@@ -13,6 +14,10 @@ from keras import ops
 
 from keras_mixer import checks
 from keras_mixer import layers
+
+# The official code initialises every linear layer with a truncated normal,
+# std 0.02.
+INIT = {"class_name": "TruncatedNormal", "config": {"stddev": 0.02}}
 
 
 def stage_lists(**lists):
@@ -202,3 +207,99 @@ def weighted_sum(branches, weights):
     for k, branch in enumerate(branches):
         total = total + branch * ops.reshape(weights[:, :, k], (-1, 1, 1, channels))
     return total
+
+
+class PyramidBlock(keras.layers.Layer):
+    """The block of both pyramid families around their token mixer:
+
+        Z = X + DropPath(TokenMixer(LayerNorm(X)))
+        Y = Z + DropPath(MLP(LayerNorm(Z)))
+
+    on maps `(batch, height, width, channels)`, LayerNorm epsilon 1e-5 (as
+    PyTorch), MLP = Dense(mlp_ratio * C) -> GELU -> Dense(C). A family's
+    block (`CycleBlock`, `PermutatorBlock`) gives the token mixer through
+    `token_mixer(policy)`.
+
+    Args:
+        mlp_ratio: int or float, hidden width of the MLP over the channels.
+        approximate_gelu: bool, see `keras_mixer.layers.MlpBlock` (the
+            official code uses the exact GELU, the default).
+        dropout_rate: float, dropout inside the MLP.
+        drop_path_rate: float, stochastic depth rate of this block.
+        layer_norm_epsilon: float.
+    """
+
+    def __init__(
+        self,
+        mlp_ratio=4,
+        approximate_gelu=False,
+        dropout_rate=0.0,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        where = type(self).__name__
+        checks.check_positive("mlp_ratio", mlp_ratio, where=where)
+        checks.check_rate("drop_path_rate", drop_path_rate, where=where)
+        self.mlp_ratio = mlp_ratio
+        self.approximate_gelu = bool(approximate_gelu)
+        self.dropout_rate = float(dropout_rate)
+        self.drop_path_rate = float(drop_path_rate)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+
+    def token_mixer(self, policy):
+        """The layer named `token_mixing` that mixes the positions."""
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        policy = self.dtype_policy
+        self.norm1 = layers.LayerNorm(self.layer_norm_epsilon, dtype=policy,
+                                      name="norm1")
+        self.token_mixing = self.token_mixer(policy)
+        self.norm2 = layers.LayerNorm(self.layer_norm_epsilon, dtype=policy,
+                                      name="norm2")
+        self.channel_mixing = layers.MlpBlock(
+            int(dim * self.mlp_ratio),
+            approximate_gelu=self.approximate_gelu,
+            dropout_rate=self.dropout_rate,
+            kernel_initializer=INIT,
+            dtype=policy,
+            name="channel_mixing",
+        )
+        self.drop_path = layers.DropPath(self.drop_path_rate, dtype=policy,
+                                         name="drop_path")
+        for layer in (self.norm1, self.token_mixing, self.norm2,
+                      self.channel_mixing):
+            layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = inputs
+        y = self.token_mixing(self.norm1(x))
+        x = x + self.drop_path(y, training=training)
+        y = self.channel_mixing(self.norm2(x), training=training)
+        return x + self.drop_path(y, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def count_macs(self, input_shape):
+        """Multiply-accumulates of one map `(batch, height, width, C)`."""
+        return self.token_mixing.count_macs(
+            input_shape
+        ) + self.channel_mixing.count_macs(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "mlp_ratio": self.mlp_ratio,
+                "approximate_gelu": self.approximate_gelu,
+                "dropout_rate": self.dropout_rate,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -38,7 +38,6 @@ MODEL_CONFIGS = {
 CYCLE_KERNELS = {"sfc_h": (1, 3), "sfc_w": (3, 1)}
 
 # deit-style initialisation of the official code: truncated normal, std 0.02.
-_INIT = {"class_name": "TruncatedNormal", "config": {"stddev": 0.02}}
 
 
 def cycle_shifts(channels, kernel_size):
@@ -179,18 +178,20 @@ class CycleMixing(keras.layers.Layer):
         dim = input_shape[-1]
         policy = self.dtype_policy
         for name in ("sfc_h", "sfc_w"):
-            fc = CycleFC(dim, CYCLE_KERNELS[name], kernel_initializer=_INIT,
-                         dtype=policy, name=name)
+            fc = CycleFC(dim, CYCLE_KERNELS[name],
+                         kernel_initializer=_pyramid.INIT, dtype=policy,
+                         name=name)
             fc.build(input_shape)
             setattr(self, name, fc)
-        self.mlp_c = layers.Dense(dim, use_bias=False, kernel_initializer=_INIT,
+        self.mlp_c = layers.Dense(dim, use_bias=False,
+                                  kernel_initializer=_pyramid.INIT,
                                   dtype=policy, name="mlp_c")
         self.reweight = _pyramid.SplitAttention(
-            3, approximate_gelu=self.approximate_gelu, kernel_initializer=_INIT,
-            dtype=policy, name="reweight",
+            3, approximate_gelu=self.approximate_gelu,
+            kernel_initializer=_pyramid.INIT, dtype=policy, name="reweight",
         )
-        self.proj = layers.Dense(dim, kernel_initializer=_INIT, dtype=policy,
-                                 name="proj")
+        self.proj = layers.Dense(dim, kernel_initializer=_pyramid.INIT,
+                                 dtype=policy, name="proj")
         self.mlp_c.build(input_shape)
         self.reweight.build((input_shape[0], dim))
         self.proj.build(input_shape)
@@ -219,96 +220,21 @@ class CycleMixing(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_mixer")
-class CycleBlock(keras.layers.Layer):
-    """The block of CycleMLP (the official `CycleBlock`):
+class CycleBlock(_pyramid.PyramidBlock):
+    """The block of CycleMLP (the official `CycleBlock`): a
+    `_pyramid.PyramidBlock` whose token mixer is `CycleMixing`.
 
         Z = X + DropPath(CycleMixing(LayerNorm(X)))
         Y = Z + DropPath(MLP(LayerNorm(Z)))
 
-    on maps `(batch, height, width, channels)`, LayerNorm epsilon 1e-5 (as
-    PyTorch), MLP = Dense(mlp_ratio * C) -> GELU -> Dense(C).
-
-    Args:
-        mlp_ratio: int or float, hidden width of the MLP over the channels.
-        approximate_gelu: bool, see `keras_mixer.layers.MlpBlock` (the
-            official code uses the exact GELU, the default).
-        dropout_rate: float, dropout inside the MLP.
-        drop_path_rate: float, stochastic depth rate of this block.
-        layer_norm_epsilon: float.
+    Args: those of `_pyramid.PyramidBlock` (`mlp_ratio` default 4).
     """
 
     family = "cyclemlp"
 
-    def __init__(
-        self,
-        mlp_ratio=4,
-        approximate_gelu=False,
-        dropout_rate=0.0,
-        drop_path_rate=0.0,
-        layer_norm_epsilon=1e-5,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        checks.check_positive("mlp_ratio", mlp_ratio, where="CycleBlock")
-        checks.check_rate("drop_path_rate", drop_path_rate, where="CycleBlock")
-        self.mlp_ratio = mlp_ratio
-        self.approximate_gelu = bool(approximate_gelu)
-        self.dropout_rate = float(dropout_rate)
-        self.drop_path_rate = float(drop_path_rate)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-
-    def build(self, input_shape):
-        dim = input_shape[-1]
-        policy = self.dtype_policy
-        self.norm1 = layers.LayerNorm(self.layer_norm_epsilon, dtype=policy,
-                                      name="norm1")
-        self.token_mixing = CycleMixing(self.approximate_gelu, dtype=policy,
-                                        name="token_mixing")
-        self.norm2 = layers.LayerNorm(self.layer_norm_epsilon, dtype=policy,
-                                      name="norm2")
-        self.channel_mixing = layers.MlpBlock(
-            int(dim * self.mlp_ratio),
-            approximate_gelu=self.approximate_gelu,
-            dropout_rate=self.dropout_rate,
-            kernel_initializer=_INIT,
-            dtype=policy,
-            name="channel_mixing",
-        )
-        self.drop_path = layers.DropPath(self.drop_path_rate, dtype=policy,
-                                         name="drop_path")
-        for layer in (self.norm1, self.token_mixing, self.norm2,
-                      self.channel_mixing):
-            layer.build(input_shape)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        x = inputs
-        y = self.token_mixing(self.norm1(x))
-        x = x + self.drop_path(y, training=training)
-        y = self.channel_mixing(self.norm2(x), training=training)
-        return x + self.drop_path(y, training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def count_macs(self, input_shape):
-        """Multiply-accumulates of one map `(batch, height, width, C)`."""
-        return self.token_mixing.count_macs(
-            input_shape
-        ) + self.channel_mixing.count_macs(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "mlp_ratio": self.mlp_ratio,
-                "approximate_gelu": self.approximate_gelu,
-                "dropout_rate": self.dropout_rate,
-                "drop_path_rate": self.drop_path_rate,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config
+    def token_mixer(self, policy):
+        return CycleMixing(self.approximate_gelu, dtype=policy,
+                           name="token_mixing")
 
 
 def size_rule(num_stages):

@@ -40,7 +40,6 @@ MODEL_CONFIGS = {
 }
 
 # deit-style initialisation of the official code: truncated normal, std 0.02.
-_INIT = {"class_name": "TruncatedNormal", "config": {"stddev": 0.02}}
 
 
 def permute_branch(x, dense, segment_dim, axis):
@@ -102,16 +101,17 @@ class PermuteMixing(keras.layers.Layer):
             )
         policy = self.dtype_policy
         for name in ("mlp_c", "mlp_h", "mlp_w"):
-            dense = layers.Dense(dim, use_bias=False, kernel_initializer=_INIT,
+            dense = layers.Dense(dim, use_bias=False,
+                                 kernel_initializer=_pyramid.INIT,
                                  dtype=policy, name=name)
             dense.build((None, dim))
             setattr(self, name, dense)
         self.reweight = _pyramid.SplitAttention(
-            3, approximate_gelu=self.approximate_gelu, kernel_initializer=_INIT,
-            dtype=policy, name="reweight",
+            3, approximate_gelu=self.approximate_gelu,
+            kernel_initializer=_pyramid.INIT, dtype=policy, name="reweight",
         )
-        self.proj = layers.Dense(dim, kernel_initializer=_INIT, dtype=policy,
-                                 name="proj")
+        self.proj = layers.Dense(dim, kernel_initializer=_pyramid.INIT,
+                                 dtype=policy, name="proj")
         self.reweight.build((input_shape[0], dim))
         self.proj.build(input_shape)
         self.built = True
@@ -142,103 +142,33 @@ class PermuteMixing(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_mixer")
-class PermutatorBlock(keras.layers.Layer):
-    """The block of Vision Permutator (the official `PermutatorBlock`):
+class PermutatorBlock(_pyramid.PyramidBlock):
+    """The block of Vision Permutator (the official `PermutatorBlock`): a
+    `_pyramid.PyramidBlock` whose token mixer is `PermuteMixing`, on maps
+    `(batch, segment_dim, segment_dim, channels)`.
 
         Z = X + DropPath(PermuteMixing(LayerNorm(X)))
         Y = Z + DropPath(MLP(LayerNorm(Z)))
 
-    on maps `(batch, segment_dim, segment_dim, channels)`, LayerNorm epsilon
-    1e-5 (as PyTorch), MLP = Dense(mlp_ratio * C) -> GELU -> Dense(C).
-
     Args:
         segment_dim: int, see `PermuteMixing`.
-        mlp_ratio: int or float, hidden width of the MLP over the channels.
-        approximate_gelu: bool, see `keras_mixer.layers.MlpBlock` (the
-            official code uses the exact GELU, the default).
-        dropout_rate: float, dropout inside the MLP.
-        drop_path_rate: float, stochastic depth rate of this block.
-        layer_norm_epsilon: float.
+        mlp_ratio: default 3; the rest: see `_pyramid.PyramidBlock`.
     """
 
     family = "vip"
 
-    def __init__(
-        self,
-        segment_dim,
-        mlp_ratio=3,
-        approximate_gelu=False,
-        dropout_rate=0.0,
-        drop_path_rate=0.0,
-        layer_norm_epsilon=1e-5,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
+    def __init__(self, segment_dim, mlp_ratio=3, **kwargs):
+        super().__init__(mlp_ratio=mlp_ratio, **kwargs)
         checks.check_int("segment_dim", segment_dim, where="PermutatorBlock")
-        checks.check_positive("mlp_ratio", mlp_ratio, where="PermutatorBlock")
-        checks.check_rate("drop_path_rate", drop_path_rate,
-                          where="PermutatorBlock")
         self.segment_dim = segment_dim
-        self.mlp_ratio = mlp_ratio
-        self.approximate_gelu = bool(approximate_gelu)
-        self.dropout_rate = float(dropout_rate)
-        self.drop_path_rate = float(drop_path_rate)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
 
-    def build(self, input_shape):
-        dim = input_shape[-1]
-        policy = self.dtype_policy
-        self.norm1 = layers.LayerNorm(self.layer_norm_epsilon, dtype=policy,
-                                      name="norm1")
-        self.token_mixing = PermuteMixing(
-            self.segment_dim, self.approximate_gelu, dtype=policy,
-            name="token_mixing",
-        )
-        self.norm2 = layers.LayerNorm(self.layer_norm_epsilon, dtype=policy,
-                                      name="norm2")
-        self.channel_mixing = layers.MlpBlock(
-            int(dim * self.mlp_ratio),
-            approximate_gelu=self.approximate_gelu,
-            dropout_rate=self.dropout_rate,
-            kernel_initializer=_INIT,
-            dtype=policy,
-            name="channel_mixing",
-        )
-        self.drop_path = layers.DropPath(self.drop_path_rate, dtype=policy,
-                                         name="drop_path")
-        for layer in (self.norm1, self.token_mixing, self.norm2,
-                      self.channel_mixing):
-            layer.build(input_shape)
-        self.built = True
-
-    def call(self, inputs, training=None):
-        x = inputs
-        y = self.token_mixing(self.norm1(x))
-        x = x + self.drop_path(y, training=training)
-        y = self.channel_mixing(self.norm2(x), training=training)
-        return x + self.drop_path(y, training=training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def count_macs(self, input_shape):
-        """Multiply-accumulates of one map `(batch, height, width, C)`."""
-        return self.token_mixing.count_macs(
-            input_shape
-        ) + self.channel_mixing.count_macs(input_shape)
+    def token_mixer(self, policy):
+        return PermuteMixing(self.segment_dim, self.approximate_gelu,
+                             dtype=policy, name="token_mixing")
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "segment_dim": self.segment_dim,
-                "mlp_ratio": self.mlp_ratio,
-                "approximate_gelu": self.approximate_gelu,
-                "dropout_rate": self.dropout_rate,
-                "drop_path_rate": self.drop_path_rate,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
+        config["segment_dim"] = self.segment_dim
         return config
 
 
