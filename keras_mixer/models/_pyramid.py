@@ -209,6 +209,7 @@ def weighted_sum(branches, weights):
     return total
 
 
+@keras.saving.register_keras_serializable(package="keras_mixer")
 class PyramidBlock(keras.layers.Layer):
     """The block of both pyramid families around their token mixer:
 
