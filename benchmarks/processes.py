@@ -33,22 +33,35 @@ class Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env=environment)
 
+    def _ended(self):
+        status = self.process.wait()
+        hint = (" (killed: SIGKILL, most often the kernel's out-of-memory "
+                "killer; run fewer workers or a smaller batch)"
+                if status == -9 else "")
+        return RuntimeError(f"worker {self.spec['tag']} ended: exit status "
+                            f"{status}{hint}; its stderr is above.")
+
     def read(self):
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"worker {self.spec['tag']} ended "
-                               f"(exit status {self.process.wait()}).")
+            raise self._ended()
         return json.loads(line)
 
     def round(self):
-        self.process.stdin.write("round\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write("round\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise self._ended() from None
         return self.read()
 
     def close(self):
         if self.process.poll() is None:
-            self.process.stdin.write("quit\n")
-            self.process.stdin.flush()
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.flush()
+            except BrokenPipeError:
+                pass
             self.process.wait()
 
 
@@ -103,7 +116,8 @@ def run(workers, rounds, model_name, batch_size, image_size, command,
     rows, matmul = report.rows_from_times(described, times, model_name,
                                           batch_size, image_size)
     machine = benchmark.machine_description()
-    machine.update(matmul_shape=(32 * 196, 768, 3072), matmul_gflop_per_s=matmul,
+    machine.update(matmul_shape=tuple(workers[0][0].get("matmul_shape", (32 * 196, 768, 3072))),
+                   matmul_gflop_per_s=matmul,
                    rounds=rounds, warmup=warmup, steps=workers[0][0]["steps"],
                    load=load.describe(), warnings=load.warnings(),
                    command=command, backend="several processes")

@@ -5,6 +5,9 @@ times one round each time it reads `round` on stdin.
     python benchmarks/worker.py '<JSON spec>'
 
 The spec's kind:
+An optional "matmul_shape" [m, k, n] replaces the (32 * 196, 768, 3072)
+product of the matmul rate (tests use a small one).
+
 - "keras": a keras_mixer model on the backend of this process
   (KERAS_BACKEND), the paths of `keras_mixer.benchmark.PATHS`, and the
   backend's matmul rate.
@@ -63,12 +66,13 @@ def keras_measurements(spec, timing):
 
     backend = keras.backend.backend()
     tag = spec["tag"]
+    shape = spec.get("matmul_shape", MATMUL_SHAPE)
     found = []
     for precision in spec["precisions"]:
         found.append(keras_paths.matmul_measurement(
             f"{tag}:" + report.matmul_key(precision, tag),
-            keras_paths.matmul_timers(precision, *MATMUL_SHAPE, backend),
-            *MATMUL_SHAPE, matmul=True, precision=precision))
+            keras_paths.matmul_timers(precision, *shape, backend),
+            *shape, matmul=True, precision=precision))
         if spec.get("model_kwargs"):  # e.g. the demo's small Mixer
             import keras_mixer
 
@@ -102,13 +106,14 @@ def torch_measurements(spec, timing):
     torch.manual_seed(0)
     tag = spec["tag"]
     per_image = spec["flops_per_image"]
+    shape = spec.get("matmul_shape", MATMUL_SHAPE)
     found = []
     for precision in spec["precisions"]:
-        mm = torch_models.matmul_call(*MATMUL_SHAPE, precision)
+        mm = torch_models.matmul_call(*shape, precision)
         found.append(timing.Measurement(
             f"{tag}:{precision}/matmul/{tag}",
             lambda mm=mm: timing.best_seconds(mm, 3, warmup=1),
-            flops=2.0 * MATMUL_SHAPE[0] * MATMUL_SHAPE[1] * MATMUL_SHAPE[2],
+            flops=2.0 * shape[0] * shape[1] * shape[2],
             self_timed=True, matmul=True, precision=precision))
         for mode in spec["modes"]:
             call, images = torch_models.model_call(

@@ -511,8 +511,8 @@ COMMANDS = {
              block=Flag("integer", "The block of token_mixing and "
                         "cross_patch.", 0))),
     "benchmark": Command(
-        commands.benchmark, "images/s of a model through predict, fit, "
-                            "model(x)... (timm's interleaved beside it)",
+        commands.benchmark, "images/s through predict, fit, model(x)... "
+                            "with timm's",
         "keras-mixer benchmark --model MixerB16 --batch_size 32 "
         "--precision float32,bfloat16 --mode infer,train",
         dict(model=MODEL._replace(default="MixerB16"),

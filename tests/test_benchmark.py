@@ -178,6 +178,19 @@ def test_self_timed_measurements_report_their_own_seconds(monkeypatch):
     assert timing.time_call(timing.Measurement("loss", lambda: 6.9)) == 2
 
 
+def test_matmul_rate_is_flops_over_the_best_time(monkeypatch):
+    # One timer (JAX's), 2 warm-up calls then 3 timed: 0.5, 0.25, 1.0 s.
+    monkeypatch.setattr(timing, "_now", FakeClock([0, 0.5, 1, 1.25, 2, 3]))
+    calls = []
+    monkeypatch.setattr(keras_paths, "matmul_timers",
+                        lambda *args: [lambda: calls.append(args)])
+    rate = benchmark.matmul_rate("float32", (10, 20, 30), repeats=3,
+                                 backend="jax")
+    assert rate == pytest.approx(2 * 10 * 20 * 30 / 0.25 / 1e9)
+    assert len(calls) == 5 and calls[0] == ("float32", 10, 20, 30, "jax")
+    with pytest.raises(ValueError, match="precision"):
+        benchmark.matmul_rate("float16")
+
 def test_spread_rates_and_round_by_round_ratios():
     assert timing.spread([3, 1, 2, 10]) == dict(median=2.5, low=1, high=10)
     assert timing.rates([2.0, 4.0], 8) == [4.0, 2.0]
@@ -272,6 +285,21 @@ def test_machine_load_warns_on_load_others_and_steal():
     assert "load average 1.30 at the start" in load.describe()
 
 
+def test_load_left_by_work_that_ended_is_not_a_warning_after_the_run():
+    # Load 1.3 at the start, but others used 1% of the CPU during the run:
+    # the start warns, the finished run does not (describe keeps the load).
+    jiffies = iter([(0, 0, 0), (4, 0, 400)])
+    load = timing.MachineLoad(read_loadavg=lambda: 1.3,
+                              read_jiffies=lambda: next(jiffies),
+                              own_cpu_seconds=lambda: 0.0,
+                              ticks_per_second=100).start()
+    assert "load average was 1.30" in " ".join(load.warnings())
+    load.stop()
+    assert load.others_share == pytest.approx(0.01)
+    assert load.warnings() == []
+    assert "load average 1.30 at the start" in load.describe()
+
+
 def test_quiet_machine_gives_no_warning():
     load = QuietMachine().start().stop()
     assert load.warnings() == [] and load.others_share == 0.0
@@ -353,7 +381,7 @@ def test_markdown_has_the_command_machine_warnings_and_rows():
     assert "**Busy machine: other processes used 30% of the CPU time.**" in text
     assert "Test CPU, 2 cores" in text and "keras 3.0" in text
     assert "jax" not in text
-    assert "float32 tensorflow 100.0 (90.0–110.0)" in text
+    assert "tensorflow float32 100.0 (90.0–110.0)" in text
     assert ("| `model.predict(x, batch_size=B)` | keras_mixer (XLA) | float32 "
             "| infer | 8.00 (7.50–8.25) | 201.6 | 90% (85%–95%) "
             "| 1.25× (1.20–1.30) | – |") in text
@@ -458,3 +486,39 @@ def test_run_with_timm_rows(monkeypatch):
         assert row["gflop_per_s"] == pytest.approx(factor * flops * 4 / 1e9)
     assert rows[0]["ratio_vs_reference"]["median"] == 1
     assert rows[0]["reference_name"] == "timm"
+
+
+def test_processes_interleave_workers_and_compare_with_the_reference():
+    # Two worker processes of the same tiny model (one the reference) go
+    # through the protocol: rows for both, ratios against the reference
+    # path by path, each against its own matmul rate. The figures
+    # themselves are not checked (real clocks).
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import processes
+    finally:
+        sys.path.remove(BENCHMARKS)
+    spec = dict(kind="keras", model="tiny", image_size=32, batch_size=2,
+                steps=2, precisions=["float32"], matmul_shape=[16, 16, 16],
+                paths=["predict_numpy", "predict_on_batch"],
+                model_kwargs=dict(patch_size=16, hidden_dim=32, num_blocks=1,
+                                  tokens_mlp_dim=16, channels_mlp_dim=64,
+                                  classes=10, input_shape=[32, 32, 3]))
+    env = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    workers = [(dict(spec, tag="a", label="A", reference=True), None, env),
+               (dict(spec, tag="b", label="B"), None, env)]
+    rows, machine = processes.run(workers, 2, "tiny", 2, 32, "cmd")
+    assert [(r["framework"], r["path"]) for r in rows] == [
+        ("A", "predict_numpy"), ("A", "predict_on_batch"),
+        ("B", "predict_numpy"), ("B", "predict_on_batch")]
+    assert set(machine["matmul_gflop_per_s"]) == {"a:float32/matmul/a",
+                                                  "b:float32/matmul/b"}
+    for row in rows:
+        assert row["images"] == (4 if row["path"] == "predict_numpy" else 2)
+        assert row["images_per_s"]["low"] <= row["images_per_s"]["high"]
+        assert "matmul_fraction" in row
+        assert ("ratio_vs_reference" in row) == (row["framework"] == "B")
+    assert machine["matmul_shape"] == (16, 16, 16)
+    assert "GFLOP/s: a float32 " in benchmark.format_markdown(rows, machine)
+    assert "| `model.predict_on_batch(x)` | B | float32 | infer |" in \
+        benchmark.format_markdown(rows, machine)

@@ -44,10 +44,13 @@ from keras_mixer.benchmark.keras_paths import MATMUL_SHAPE
 from keras_mixer.benchmark.keras_paths import PATHS
 from keras_mixer.benchmark.report import format_markdown
 from keras_mixer.benchmark.timing import MachineLoad
+from keras_mixer.benchmark.timing import best_seconds
+from keras_mixer.benchmark.torch_models import ADAMW
 from keras_mixer.models import _tools
 
 __all__ = ["run", "check_arguments", "format_markdown", "machine_description",
-           "MachineLoad", "PATHS", "MATMUL_SHAPE", "PRECISIONS", "MODES"]
+           "MachineLoad", "PATHS", "MATMUL_SHAPE", "PRECISIONS", "MODES",
+           "matmul_rate", "best_seconds", "ADAMW"]
 
 PRECISIONS = ("float32", "bfloat16")
 MODES = ("infer", "train")
@@ -103,6 +106,22 @@ def check_arguments(model_name, batch_size=32, image_size=224,
     if rule:
         rule.check("image_size", image_size, f"{model_name}'s")
     return precisions, modes, paths
+
+
+def matmul_rate(precision="float32", shape=MATMUL_SHAPE, repeats=5,
+                backend=None):
+    """GFLOP/s of one (m, k) x (k, n) product of `precision` on `backend`
+    (default: Keras's), the best of `repeats` calls of the backend's timers
+    (`keras_paths.matmul_timers`): the yardstick of the benchmarks' "of
+    matmul" figures, for scripts that time outside `run`."""
+    split_list(precision, "precision", PRECISIONS)
+    m, k, n = shape
+    for name, value in (("m", m), ("k", k), ("n", n), ("repeats", repeats)):
+        checks.check_int(name, value)
+    timers = keras_paths.matmul_timers(precision, m, k, n,
+                                       backend or keras.backend.backend())
+    seconds = min(best_seconds(t, repeats, warmup=2) for t in timers)
+    return 2.0 * m * k * n / seconds / 1e9
 
 
 def _version(package):

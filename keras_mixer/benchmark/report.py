@@ -97,6 +97,13 @@ def _spread_text(value, spec, suffix=""):
             f"({format(value['low'], spec)}–{format(value['high'], spec)})")
 
 
+def _matmul_label(name):
+    """'float32/matmul/torch' (or 'worker:float32/matmul/torch') ->
+    'torch float32'."""
+    precision, _, library = name.split(":")[-1].partition("/matmul/")
+    return f"{library} {precision}"
+
+
 def _percent(value):
     if value is None:
         return "–"
@@ -127,7 +134,7 @@ def format_markdown(rows, machine, command=None):
     if matmul:
         shape = " x ".join(str(s) for s in machine.get("matmul_shape", ()))
         lines.append(f"- Matmul rate ({shape}, same rounds), GFLOP/s: " + ", ".join(
-            f"{name.replace('/matmul/', ' ')} {_spread_text(v, '.1f')}"
+            f"{_matmul_label(name)} {_spread_text(v, '.1f')}"
             for name, v in matmul.items()))
     if machine.get("reference"):
         lines.append(f"- Reference: {machine['reference']}")

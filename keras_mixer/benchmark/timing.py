@@ -185,7 +185,13 @@ class MachineLoad:
     def warnings(self):
         """Sentences saying why the run's figures may not be comparable."""
         found = []
-        if self.load_at_start is not None and self.load_at_start > BUSY_LOAD:
+        # Once the run is over, the CPU time others used during it decides:
+        # a high load average at the start may be work that just ended (a
+        # previous benchmark's), which then cost the run nothing.
+        quiet_during = (self.others_share is not None
+                        and self.others_share <= BUSY_OTHERS)
+        if (self.load_at_start is not None and self.load_at_start > BUSY_LOAD
+                and not quiet_during):
             found.append(
                 f"the 1-minute load average was {self.load_at_start:.2f} at "
                 f"the start (above {BUSY_LOAD}): other work was running; "

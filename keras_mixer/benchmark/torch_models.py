@@ -11,6 +11,7 @@ import as it is (torchvision missing), there are no timm rows;
 """
 
 import contextlib
+import sys
 
 # Same learning rate and weight decay in both frameworks (Keras's AdamW
 # defaults; torch's AdamW default decay is 0.01).
@@ -56,8 +57,6 @@ def timm_model(model_name, image_size=224):
 
 def describe():
     """torch's version and threads, and timm's version when imported."""
-    import sys
-
     import torch
 
     timm = sys.modules.get("timm")
