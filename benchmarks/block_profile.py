@@ -6,7 +6,7 @@ each sublayer of block_0 alone in a tf.function, best of a few calls.
 """
 import sys, numpy as np
 import keras, tensorflow as tf, keras_mixer
-from keras_mixer.benchmark import best_seconds
+from keras_mixer.benchmark.timing import best_seconds
 if len(sys.argv) > 1: keras.config.set_dtype_policy(sys.argv[1])
 m = keras_mixer.MixerB16(input_shape=(224,224,3))
 x = tf.random.uniform((32,224,224,3), 0, 255)

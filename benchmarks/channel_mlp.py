@@ -5,7 +5,7 @@ AddV2, 2-D with BiasAdd, tensordot), both GELU forms, float32.
 """
 import sys
 import tensorflow as tf
-from keras_mixer.benchmark import best_seconds
+from keras_mixer.benchmark.timing import best_seconds
 B,T,C,H = 32,196,768,3072
 x = tf.random.normal((B,T,C))
 w1 = tf.Variable(tf.random.normal((C,H))*0.02); b1 = tf.Variable(tf.zeros(H))

@@ -7,7 +7,7 @@ and last the two layers: Keras's LayerNormalization and keras_mixer's LayerNorm.
 """
 import sys
 import tensorflow as tf, keras
-from keras_mixer.benchmark import best_seconds
+from keras_mixer.benchmark.timing import best_seconds
 B,T,C = 32,196,768
 dt = tf.bfloat16 if (len(sys.argv)>1 and sys.argv[1]=="bf16") else tf.float32
 x = tf.cast(tf.random.normal((B,T,C)), dt)

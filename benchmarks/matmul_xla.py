@@ -4,7 +4,7 @@ with and without XLA (jit_compile), best of 5.
     python benchmarks/matmul_xla.py
 """
 import tensorflow as tf
-from keras_mixer.benchmark import best_seconds
+from keras_mixer.benchmark.timing import best_seconds
 def rate(dtype, jit, m=6272,k=768,n=3072, reps=5):
     a = tf.cast(tf.random.normal((m,k)), dtype); b = tf.cast(tf.random.normal((k,n)), dtype)
     f = tf.function(lambda a,b: tf.matmul(a,b), jit_compile=jit)

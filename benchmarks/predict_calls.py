@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_mixer
-from keras_mixer.benchmark import best_seconds
+from keras_mixer.benchmark.timing import best_seconds
 
 if sys.argv[1:] == ["bf16"]:
     keras.config.set_dtype_policy("mixed_bfloat16")

@@ -1,79 +1,67 @@
-"""Images/s, GFLOP/s and the fraction of the matmul rate of a keras_mixer
-model through `model.predict` / `model.fit`, side by side with timm's model
-(eager PyTorch) when torch and timm import.
+"""`keras-mixer benchmark` with timm beside it where timm cannot import
+without torchvision: installs benchmarks/torchvision_standin.py's inert
+stand-in for torchvision first, then runs the command's harness
+(`keras_mixer.benchmark`), with the same flags.
 
     python benchmarks/throughput.py --model MixerB16 --batch_size 32 \
         --precision float32,bfloat16 --mode infer,train
-    python benchmarks/throughput.py --model MixerB16 --precision float32 \
-        --mode infer --jit_compile false --notimm
-    python benchmarks/throughput.py --model MixerB16 --mode infer --tflite
+    python benchmarks/throughput.py --model MixerB16 \
+        --paths predict_numpy,predict_on_batch --notimm
 
-Prints a Markdown section for BENCHMARKS.md (the command, the machine, the
-matmul rates of the same process, one row per measurement), then the rows
-and the machine as one JSON line. Weights are random: throughput does not
-depend on them. bfloat16 is Keras's "mixed_bfloat16" policy and timm under
-`torch.autocast(dtype=torch.bfloat16)`. --tflite adds batch-1 TFLite rows
-(float32 and dynamic_int8); benchmarks/tflite.py reports their sizes and
-accuracy. Without torchvision, timm is imported through
-keras_mixer.benchmark.import_timm's inert torchvision stand-in, and the
-report says so.
+Prints the Markdown section for BENCHMARKS.md (the command, the machine and
+its load, the matmul rates of the same rounds, one row per call; it says
+when timm was imported through the stand-in), then the rows and the machine
+as one JSON line.
 """
 
-import argparse
 import json
+import os
 import shlex
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torchvision_standin  # noqa: E402
+
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="MixerB16")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--precision", default="float32,bfloat16",
-                        help="comma-separated: float32, bfloat16")
-    parser.add_argument("--mode", default="infer,train",
-                        help="comma-separated: infer, train")
-    parser.add_argument("--steps", type=int, default=10, help="timed batches")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed batches")
-    parser.add_argument("--notimm", dest="timm", action="store_false",
-                        help="skip the timm rows")
-    parser.add_argument("--no_torchvision_stub", dest="stub_torchvision",
-                        action="store_false",
-                        help="without torchvision, skip timm rather than "
-                        "import it through the inert torchvision stand-in")
-    parser.add_argument("--jit_compile", choices=("auto", "true", "false"),
-                        default="auto", help="auto: Keras's default")
-    parser.add_argument("--tflite", action="store_true",
-                        help="add batch-1 TFLite rows (float32, dynamic_int8)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="TFLite interpreter threads (default: LiteRT's)")
-    parser.add_argument("--matmul_repeats", type=int, default=5)
-    parser.add_argument("--inputs", choices=("dataset", "numpy"),
-                        default="dataset",
-                        help="feed Keras a tf.data.Dataset or NumPy arrays")
-    args = parser.parse_args()
+    try:
+        _, stubbed = torchvision_standin.import_timm()
+    except ImportError as error:
+        stubbed = False
+        print(f"timm does not import ({error}): no timm rows.", file=sys.stderr)
+    from absl import app
 
     from keras_mixer import benchmark
+    from keras_mixer import cli
 
-    jit_compile = {"auto": None, "true": True, "false": False}[args.jit_compile]
-    command = shlex.join(["python", "benchmarks/throughput.py"] + sys.argv[1:])
-    try:  # bad arguments: a usage error before any measurement
-        benchmark.check_arguments(args.model, args.batch_size, args.image_size,
-                                  args.precision, args.mode, args.steps,
-                                  args.warmup)
-    except ValueError as error:
-        parser.error(str(error))
+    try:  # the command's flags and checks, before any measurement
+        _, flags, _ = cli.parse(["keras-mixer", "benchmark"] + sys.argv[1:])
+        benchmark.check_arguments(
+            flags["model"], flags["batch_size"], flags["image_size"],
+            flags["precision"], flags["mode"], flags["steps"], flags["rounds"],
+            flags["warmup"], flags["paths"])
+    except (app.UsageError, ValueError) as error:
+        sys.exit(f"benchmarks/throughput.py: error: {error}")
+    tflite = [q for q in (flags["tflite"] or "").split(",") if q]
+    tflite = ["none"] + [q for q in tflite if q != "none"] if tflite else False
     rows, machine = benchmark.run(
-        args.model, batch_size=args.batch_size, image_size=args.image_size,
-        precisions=args.precision, modes=args.mode, steps=args.steps,
-        warmup=args.warmup, timm=args.timm, jit_compile=jit_compile,
-        tflite=args.tflite, tflite_threads=args.threads,
-        matmul_repeats=args.matmul_repeats,
-        stub_torchvision=args.stub_torchvision, command=command,
-        inputs=args.inputs)
+        flags["model"], batch_size=flags["batch_size"],
+        image_size=flags["image_size"], precisions=flags["precision"],
+        modes=flags["mode"], steps=flags["steps"], rounds=flags["rounds"],
+        warmup=flags["warmup"], paths=flags["paths"], timm=flags["timm"],
+        jit_compile={"auto": None, "true": True,
+                     "false": False}[flags["jit_compile"]], tflite=tflite,
+        command=shlex.join(["python", "benchmarks/throughput.py"]
+                           + sys.argv[1:]),
+        on_round=lambda i, _: print(f"round {i + 1} done", file=sys.stderr,
+                                    flush=True))
+    if stubbed and "reference" in machine:
+        machine["reference"] += (
+            "; imported through benchmarks/torchvision_standin.py's inert "
+            "torchvision stand-in (torchvision does not install beside this "
+            "torch): the model code that ran is timm's own")
     print(benchmark.format_markdown(rows, machine))
-    print(json.dumps(dict(rows=rows, machine=machine)))
+    print(json.dumps(dict(rows=rows, machine=machine), default=str))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ transpose -> 2-D matmul + BiasAdd -> transpose.
 """
 import sys
 import tensorflow as tf
-from keras_mixer.benchmark import best_seconds
+from keras_mixer.benchmark.timing import best_seconds
 B,T,C,S = 32,196,768,384
 dt = tf.bfloat16 if (len(sys.argv)>1 and sys.argv[1]=="bf16") else tf.float32
 x = tf.cast(tf.random.normal((B,T,C)), dt)

@@ -7,7 +7,7 @@ need no transposes. "useful" counts only the 196 real tokens.
 """
 import tensorflow as tf
 
-from keras_mixer.benchmark import best_seconds
+from keras_mixer.benchmark.timing import best_seconds
 
 ROWS, HIDDEN = 32 * 768, 384
 

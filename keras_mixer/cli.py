@@ -511,8 +511,8 @@ COMMANDS = {
              block=Flag("integer", "The block of token_mixing and "
                         "cross_patch.", 0))),
     "benchmark": Command(
-        commands.benchmark, "images/s and GFLOP/s of a model (timm's side by "
-                            "side)",
+        commands.benchmark, "images/s through predict, fit, model(x)... "
+                            "with timm's",
         "keras-mixer benchmark --model MixerB16 --batch_size 32 "
         "--precision float32,bfloat16 --mode infer,train",
         dict(model=MODEL._replace(default="MixerB16"),
@@ -522,15 +522,21 @@ COMMANDS = {
                             "e.g. float32,bfloat16.", "float32"),
              mode=Flag("string", "infer, train or both (infer,train).",
                        "infer"),
-             steps=Flag("integer", "Timed batches.", 10),
-             warmup=Flag("integer", "Untimed batches first.", 2),
-             timm=Flag("bool", "Also measure timm's model when torch and timm "
+             paths=Flag("string", "The calls to time, a list of "
+                        "predict_numpy, call, predict_on_batch, "
+                        "predict_dataset, fit_numpy, train_on_batch, "
+                        "fit_dataset (default: all of the modes)."),
+             steps=Flag("integer", "Batches per predict / fit call (the "
+                        "other calls run one).", 3),
+             rounds=Flag("integer", "Interleaved timed rounds; figures are "
+                         "medians over them.", 3),
+             warmup=Flag("integer", "Untimed calls of each measurement "
+                         "first.", 1),
+             timm=Flag("bool", "Also time timm's model when torch and timm "
                        "import.", True),
-             jit_compile=Flag("enum", "XLA; auto keeps Keras's default.",
+             jit_compile=Flag("enum", "XLA (torch.compile on PyTorch); auto "
+                              "keeps Keras's default.",
                               "auto", ("auto", "true", "false")),
              tflite=Flag("string", "Also batch-1 TFLite latency of these "
-                         "quantizations against none, e.g. dynamic_int8."),
-             inputs=Flag("enum", "Feed predict/fit a tf.data.Dataset of the "
-                         "batches, or the NumPy arrays.", "dataset",
-                         ("dataset", "numpy")))),
+                         "quantizations against none, e.g. dynamic_int8."))),
 }

@@ -481,12 +481,13 @@ def visualize(model, weights, image_size, channels, classes, include_top,
     return 0
 
 
-def benchmark(model, batch_size, image_size, precision, mode, steps, warmup,
-              timm, jit_compile, tflite, inputs):
-    """Images/s, GFLOP/s and the fraction of the matmul rate (and timm)."""
+def benchmark(model, batch_size, image_size, precision, mode, paths, steps,
+              rounds, warmup, timm, jit_compile, tflite):
+    """images/s through the plain API, interleaved with timm's model."""
     with usage_errors():  # every argument checked before any measurement
         benchmark_lib.check_arguments(model, batch_size, image_size,
-                                      precision, mode, steps, warmup)
+                                      precision, mode, steps, rounds, warmup,
+                                      paths)
     quantizations = False
     if tflite:
         from keras_mixer import export as export_lib
@@ -495,11 +496,12 @@ def benchmark(model, batch_size, image_size, precision, mode, steps, warmup,
         quantizations = ["none"] + [q for q in quantizations if q != "none"]
     rows, machine = benchmark_lib.run(
         model, batch_size=batch_size, image_size=image_size,
-        precisions=precision, modes=mode, steps=steps, warmup=warmup,
-        timm=timm, jit_compile={"auto": None, "true": True,
-                                "false": False}[jit_compile],
+        precisions=precision, modes=mode, steps=steps, rounds=rounds,
+        warmup=warmup, paths=paths, timm=timm,
+        jit_compile={"auto": None, "true": True, "false": False}[jit_compile],
         tflite=quantizations,
-        command=shlex.join(["keras-mixer"] + sys.argv[1:]), inputs=inputs,
-    )
+        command=shlex.join(["keras-mixer"] + sys.argv[1:]),
+        on_round=lambda index, _: print(f"round {index + 1}/{rounds} done",
+                                        file=sys.stderr, flush=True))
     print(benchmark_lib.format_markdown(rows, machine))
     return 0

@@ -41,12 +41,12 @@ def _bias_add(x, bias):
     return ops.add(x, bias)
 
 
-def _to_rows(x):
+def to_rows(x):
     """`x` as a 2-D table of rows `(-1, channels)`."""
     return ops.reshape(x, (-1, x.shape[-1]))
 
 
-def _from_rows(rows, like):
+def from_rows(rows, like):
     """`rows` reshaped back to the leading axes of `like`."""
     leading = [d if d is not None else -1 for d in like.shape[:-1]]
     if leading.count(-1) > 1:
@@ -203,13 +203,29 @@ class Dense(keras.layers.Dense):
     """
 
     def call(self, inputs, training=None):
-        rows = inputs if len(inputs.shape) == 2 else _to_rows(inputs)
-        y = ops.matmul(rows, self.kernel)
+        rows = inputs if len(inputs.shape) == 2 else to_rows(inputs)
+        y = self.on_rows(rows)
+        return y if len(inputs.shape) == 2 else from_rows(y, inputs)
+
+    def on_rows(self, rows):
+        """This layer on a 2-D table `rows`, for a parent layer's `call`.
+
+        The parent calls this method rather than the layer: on TensorFlow,
+        a MatMul + BiasAdd + GELU built inside the sublayer's own call was
+        not fused by the graph optimizer when the GELU follows in the
+        parent, which cost 13% of a Mixer block in float32 (BENCHMARKS.md,
+        "The models/ + checkpoints/ layout"). Casts to the compute dtype as
+        Keras's call would; a quantized layer goes through Keras's call.
+        """
+        if self.quantization_mode is not None:
+            return self(rows)
+        dtype = self.compute_dtype
+        y = ops.matmul(ops.cast(rows, dtype), ops.cast(self.kernel, dtype))
         if self.use_bias:
-            y = _bias_add(y, self.bias)
+            y = _bias_add(y, ops.cast(self.bias, dtype))
         if self.activation is not None:
             y = self.activation(y)
-        return y if len(inputs.shape) == 2 else _from_rows(y, inputs)
+        return y
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -288,13 +304,13 @@ class MlpBlock(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = inputs if self.axis == -1 else ops.moveaxis(inputs, self.axis, -1)
-        rows = _to_rows(x)
-        h = self.fc1(rows)
+        rows = to_rows(x)
+        h = self.fc1.on_rows(rows)
         h = ops.gelu(h, approximate=self.approximate_gelu)
         h = self.drop1(h, training=training)
-        h = self.fc2(h)
+        h = self.fc2.on_rows(h)
         h = self.drop2(h, training=training)
-        y = _from_rows(h, x)
+        y = from_rows(h, x)
         return y if self.axis == -1 else ops.moveaxis(y, -1, self.axis)
 
     def compute_output_shape(self, input_shape):
@@ -392,12 +408,12 @@ class GluMlp(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        rows = _to_rows(inputs)
+        rows = to_rows(inputs)
         value, gate = ops.split(self.fc1(rows), 2, axis=-1)
         gate = ops.silu(gate) if self.activation == "silu" else ops.sigmoid(gate)
         h = self.drop1(value * gate, training=training)
         h = self.drop2(self.fc2(h), training=training)
-        return _from_rows(h, inputs)
+        return from_rows(h, inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -66,7 +66,7 @@ LAZY_EXCEPTIONS = {
                              "keras_mixer.training.data",
                              "keras_mixer.training.sources",
                              "keras_mixer.export"),
-    "keras_mixer.benchmark": ("keras_mixer.export",),
+    "keras_mixer.benchmark.keras_paths": ("keras_mixer.export",),
 }
 
 

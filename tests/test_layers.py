@@ -161,20 +161,21 @@ def test_mlp_block_over_tokens_is_the_channel_mlp_on_the_transpose():
 
 
 def test_mlp_block_calls_its_dense_sublayers(monkeypatch):
-    """fc1 and fc2 are the layers that compute: a Dense call that returns
-    zeros makes the whole MLP return zeros."""
+    """fc1 and fc2 are the layers that compute (through `Dense.on_rows`,
+    which `Dense.call` also runs): when it returns zeros, the whole MLP
+    returns zeros."""
     calls = []
 
-    def zero_call(self, inputs, training=None):
+    def zero_call(self, rows):
         calls.append(self.name)
-        return keras.ops.zeros((inputs.shape[0], self.units))
+        return keras.ops.zeros((rows.shape[0], self.units))
 
     block = L.MlpBlock(4)
     x = RNG.normal(size=TOKENS).astype("float32")
     block(x)
     _randomise(block)
     assert float(np.max(np.abs(block(x)))) > 0
-    monkeypatch.setattr(L.Dense, "call", zero_call)
+    monkeypatch.setattr(L.Dense, "on_rows", zero_call)
     np.testing.assert_array_equal(block(x), np.zeros(TOKENS, "float32"))
     assert calls == ["fc1", "fc2"]
 

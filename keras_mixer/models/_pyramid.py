@@ -172,8 +172,8 @@ class SplitAttention(keras.layers.Layer):
 
     def call(self, inputs):
         channels = inputs.shape[-1]
-        h = ops.gelu(self.fc1(inputs), approximate=self.approximate_gelu)
-        logits = ops.reshape(self.fc2(h), (-1, channels, self.branches))
+        h = ops.gelu(self.fc1.on_rows(inputs), approximate=self.approximate_gelu)
+        logits = ops.reshape(self.fc2.on_rows(h), (-1, channels, self.branches))
         return ops.softmax(logits, axis=-1)
 
     def compute_output_shape(self, input_shape):

@@ -165,8 +165,9 @@ class GMLPBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        y = self.fc1(self.norm(inputs))
-        y = ops.gelu(y, approximate=self.approximate_gelu)
+        # fc1 on rows, GELU in the same graph region (`Dense.on_rows`).
+        y = self.fc1.on_rows(layers.to_rows(self.norm(inputs)))
+        y = layers.from_rows(ops.gelu(y, approximate=self.approximate_gelu), inputs)
         y = self.spatial_gating(self.drop1(y, training=training))
         y = self.drop2(self.fc2(y), training=training)
         return inputs + self.drop_path(y, training=training)
