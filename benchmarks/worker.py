@@ -133,6 +133,10 @@ def torch_measurements(spec, timing):
 
 def main():
     spec = json.loads(sys.argv[1])
+    # stdout carries the protocol only: what libraries and model files
+    # print (at import too) goes to stderr.
+    out = sys.stdout
+    sys.stdout = sys.stderr
     if spec["kind"] == "keras":
         from keras_mixer.benchmark import timing
 
@@ -144,8 +148,6 @@ def main():
     for m in measurements:
         for _ in range(spec.get("warmup", 1)):
             m.call()
-    out = sys.stdout
-    sys.stdout = sys.stderr  # library prints must not break the protocol
     described = [dict(name=m.name, images=m.images, flops=m.flops,
                       reference=bool(spec.get("reference")), **m.info)
                  for m in measurements]
