@@ -1,13 +1,17 @@
 """TFLite export per quantization: file size, batch-1 latency (LiteRT's
-XNNPACK CPU path), error against Keras, top-1 agreement.
+XNNPACK CPU path), the ops XNNPACK leaves out, error against Keras.
 
     python benchmarks/tflite.py --model MixerS32 --image_size 224
-    python benchmarks/tflite.py --model MixerB16 --image_size 224 --threads 2
+    python benchmarks/tflite.py --model MixerB16 --threads 2 --rounds 5
 
-Weights: random (seeded) unless --weights names pretrained ones or a file;
-with random weights the int8 agreement says little about accuracy on real
-images. The calibration and check images are uniform noise unless
---dataset gives real ones (e.g. digits, folder:PATH, a tfds name).
+The files are timed interleaved: each round times every file once (the median
+of --runs invocations after 3 untimed ones), and each speed-up is the median
+over rounds of float32's time over the file's time in the same round, with
+its range. Weights are random (seeded) unless --weights names pretrained ones
+or a .keras file, and the calibration and check images are uniform noise
+unless --dataset gives real ones (e.g. digits): with random weights the
+agreement says little about accuracy (benchmarks/tflite_digits.py trains
+models on the bundled digits for that).
 """
 
 import argparse
@@ -18,6 +22,18 @@ import tempfile
 import numpy as np
 
 
+def interleaved_latency(paths, rounds, runs, threads):
+    """{path: [median ms of each round]}, the files timed in turn."""
+    from keras_mixer.export import tflite
+
+    times = {path: [] for path in paths}
+    for _ in range(rounds):
+        for path in paths:
+            times[path].append(tflite.tflite_latency_ms(
+                path, runs=runs, num_threads=threads))
+    return times
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="MixerS32")
@@ -25,9 +41,13 @@ def main():
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dataset", default=None)
-    parser.add_argument("--quantization", default="none,float16,dynamic_int8,int8")
+    parser.add_argument("--quantization", default="none,dynamic_int8,int8")
     args = parser.parse_args()
+    quantizations = args.quantization.split(",")
+    if quantizations[0] != "none":
+        parser.error("--quantization must start with none (the baseline)")
 
     import keras
 
@@ -35,12 +55,16 @@ def main():
     from keras_mixer import export
 
     size = args.image_size
-    model = keras_mixer.MODELS[args.model](weights=args.weights,
-                                           input_shape=(size, size, 3))
+    if args.weights and args.weights.endswith(".keras"):
+        model = keras.saving.load_model(args.weights)
+        size = model.input_shape[1]
+    else:
+        model = keras_mixer.MODELS[args.model](weights=args.weights,
+                                               input_shape=(size, size, 3))
     if args.weights is None:
-        rng = np.random.default_rng(0)
-        for v in model.weights:
-            v.assign(rng.normal(0, 0.02, v.shape).astype("float32"))
+        from keras_mixer.benchmark import keras_paths
+
+        keras_paths.random_weights(model, np.random.default_rng(0))
     if args.dataset:
         from keras_mixer.training import data
 
@@ -52,26 +76,36 @@ def main():
     images = images.astype("float32")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for quantization in args.quantization.split(","):
-            report = export.to_tflite(
+        for quantization in quantizations:
+            rows.append(export.to_tflite(
                 model, os.path.join(tmp, f"{quantization}.tflite"),
                 quantization, representative_data=images,
                 check_data=images[:16], measure_latency=False,
-            )
-            report["latency_ms_batch1"] = export.tflite_latency_ms(
-                report["path"], runs=args.runs, num_threads=args.threads)
-            rows.append(report)
-    baseline = rows[0]["latency_ms_batch1"]
+            ))
+        times = interleaved_latency([r["path"] for r in rows], args.rounds,
+                                    args.runs, args.threads)
+    base = np.array(times[rows[0]["path"]])
     print(f"{args.model} at {size}x{size}, {model.count_params():,} parameters, "
-          f"keras {keras.__version__}, threads {args.threads or 'default'}")
-    print(f"{'quantization':<14}{'MB':>8}{'ms (batch 1)':>14}{'speed-up':>10}"
-          f"{'max rel err':>13}{'top-1 agree':>13}")
+          f"keras {keras.__version__}, threads {args.threads or 'default'}, "
+          f"{args.rounds} interleaved rounds of {args.runs} runs, load "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'quantization':<14}{'MB':>7}{'ms (batch 1)':>14}{'speed-up':>10}"
+          f"{'(range)':>14}{'max rel err':>13}{'top-1 agree':>13}"
+          "  outside XNNPACK (partitions)")
     for r in rows:
-        print(f"{r['quantization']:<14}{r['size_bytes'] / 1e6:>8.1f}"
-              f"{r['latency_ms_batch1']:>14.2f}"
-              f"{baseline / r['latency_ms_batch1']:>9.2f}x"
-              f"{r['max_relative_error']:>13.2e}{r['top1_agreement']:>13.3f}")
-    print(json.dumps([{k: v for k, v in r.items() if k != "ops"} for r in rows]))
+        ms = np.array(times[r["path"]])
+        ratio = base / ms
+        r["latency_ms_batch1"] = float(np.median(ms))
+        r["speedup_median"] = float(np.median(ratio))
+        r["speedup_range"] = [float(ratio.min()), float(ratio.max())]
+        outside = ", ".join(f"{k} {v}" for k, v in r["ops_outside_xnnpack"].items())
+        print(f"{r['quantization']:<14}{r['size_bytes'] / 1e6:>7.1f}"
+              f"{r['latency_ms_batch1']:>14.2f}{r['speedup_median']:>9.2f}x"
+              f"{'  %.2f-%.2f' % tuple(r['speedup_range']):>14}"
+              f"{r['max_relative_error']:>13.2e}{r['top1_agreement']:>13.3f}"
+              f"  {outside or '-'} ({r['xnnpack_partitions']})")
+    print(json.dumps([{k: v for k, v in r.items() if k not in ("ops", "path")}
+                      for r in rows]))
 
 
 if __name__ == "__main__":

@@ -164,8 +164,13 @@ class PatchEmbedding(keras.layers.Layer):
 
     def call(self, inputs):
         x = self.proj(inputs)
-        shape = ops.shape(x)
-        return ops.reshape(x, (shape[0], shape[1] * shape[2], shape[3]))
+        _, height, width, channels = x.shape
+        if height is None or width is None:
+            shape = ops.shape(x)
+            return ops.reshape(x, (shape[0], shape[1] * shape[2], shape[3]))
+        # A constant target shape: a TFLite RESHAPE computed from the input's
+        # shape is left outside the XNNPACK delegate, splitting the graph.
+        return ops.reshape(x, (-1, height * width, channels))
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape

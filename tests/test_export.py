@@ -354,6 +354,62 @@ def test_tflite_is_builtin_only_dynamic_batch_and_matches(family, quantization, 
     assert np.max(np.abs(got - expected)) / np.max(expected) < limit[quantization]
     sizes = {"none": 4.0, "float16": 2.0, "dynamic_int8": 1.0, "int8": 1.0}
     assert report["size_bytes"] < model.count_params() * sizes[quantization] * 1.1
+    # What LiteRT's XNNPACK delegate leaves out. Float files run in one
+    # partition. Full-integer int8: token mixing is FULLY_CONNECTED on the
+    # transposed table (no BATCH_MATMUL), and LayerNorm's variance a MUL (no
+    # SQUARED_DIFFERENCE, which XNNPACK does not run in int8); only the
+    # per-token RSQRT with its epsilon ADD and the int8 GELU stay out.
+    outside = report["ops_outside_xnnpack"]
+    assert "BATCH_MATMUL" not in report["ops"]
+    if quantization == "int8":
+        norms = 2 * 8 + 1
+        assert "SQUARED_DIFFERENCE" not in report["ops"]
+        assert set(outside) <= {"RSQRT", "ADD", "GELU"}
+        assert outside["RSQRT"] == norms and outside.get("GELU", 0) <= 16
+        assert report["xnnpack_partitions"] <= norms + 16 + 1
+    elif quantization in ("none", "dynamic_int8"):
+        assert (outside, report["xnnpack_partitions"]) == ({}, 1)
+    assert not [layer for layer in model._flatten_layers() if "call" in vars(layer)]
+
+
+def test_layer_norms_trace_as_mul_for_tflite_and_are_restored():
+    """Inside `layer_norms_for_xnnpack` every last-axis LayerNormalization
+    computes the same function (NumPy float64 reference); other axes and
+    layers without centre or scale keep Keras's call; on leaving, no layer keeps the patch."""
+    rng = np.random.default_rng(3)
+    inputs = keras.Input((5, 12))
+    norms = [keras_mixer.layers.LayerNorm(name="ours"),
+             keras.layers.LayerNormalization(epsilon=1e-3, name="keras"),
+             keras.layers.LayerNormalization(axis=1, name="tokens"),
+             keras.layers.LayerNormalization(center=False, name="uncentred")]
+    model = keras.Model(inputs, [norm(inputs) for norm in norms])
+    for v in model.weights:
+        v.assign(rng.normal(1.0, 0.5, v.shape))
+    x = rng.normal(2.0, 3.0, (4, 5, 12)).astype("float32")
+
+    def reference(norm, axis):
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis, keepdims=True)
+        var = ((x64 - mean) ** 2).mean(axis, keepdims=True)
+        gamma, beta = (np.asarray(w, np.float64) for w in norm.get_weights())
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        return ((x64 - mean) / np.sqrt(var + norm.epsilon) * gamma.reshape(shape)
+                + beta.reshape(shape))
+
+    with export.tflite.layer_norms_for_xnnpack(model) as patched:
+        assert [n.name for n in patched] == ["ours", "keras", "tokens"]
+        got = tf.function(model)(x)
+        mul_graph = tf.function(norms[1]).get_concrete_function(
+            tf.TensorSpec((None, 5, 12))).graph
+    assert "SquaredDifference" not in {op.type for op in mul_graph.get_operations()}
+    for out, norm, axis in zip(got[:3], norms, (2, 2, 1)):
+        np.testing.assert_allclose(out, reference(norm, axis), rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(got[3], model(x)[3], rtol=1e-6)
+    assert not [layer for layer in model._flatten_layers() if "call" in vars(layer)]
+    keras_graph = tf.function(norms[1]).get_concrete_function(
+        tf.TensorSpec((None, 5, 12))).graph
+    assert "SquaredDifference" in {op.type for op in keras_graph.get_operations()}
 
 
 def test_tflite_checks(small_model, tmp_path):

@@ -180,6 +180,17 @@ def keras_measurements(model, paths, batch_size, steps, prefix="",
     return found
 
 
+def random_weights(model, rng, std=0.02):
+    """Draws every weight of `model` from N(0, std), BatchNorm variances
+    from U(0.5, 1.5) (a negative variance would make the output NaN)."""
+    for v in model.weights:
+        if v.path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 1.5, v.shape)
+        else:
+            value = rng.normal(0, std, v.shape)
+        v.assign(value.astype(v.dtype))
+
+
 def tflite_rows(model_name, image_size=224,
                 quantizations=("none", "dynamic_int8"), runs=20, threads=None):
     """Batch-1 latency of the model's TFLite files (random weights), one row
@@ -190,8 +201,7 @@ def tflite_rows(model_name, image_size=224,
 
     model = build(model_name, "float32", image_size)
     rng = np.random.default_rng(0)
-    for v in model.weights:
-        v.assign(rng.normal(0, 0.02, v.shape).astype("float32"))
+    random_weights(model, rng)
     data = images(rng, 8, image_size)
     flops = _tools.count_flops(model)
     rows = []

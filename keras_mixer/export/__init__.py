@@ -3,7 +3,8 @@
     serving.py  SavedModel for TF Serving (`save_for_serving`), the
                 `image_bytes` decoding, and `load_predictor` behind
                 `keras-mixer predict`
-    tflite.py   `to_tflite` with builtin ops only, `run_tflite`
+    tflite.py   `to_tflite` with builtin ops only, `run_tflite`,
+                `ops_outside_delegate` (what XNNPACK leaves out)
     onnx.py     `to_onnx` (tf2onnx, checked with onnxruntime)
 
 Every export is written to a temporary name beside its destination, checked
@@ -25,6 +26,7 @@ from keras_mixer.export.serving import save_for_serving  # noqa: F401
 from keras_mixer.export.tflite import QUANTIZATIONS  # noqa: F401
 from keras_mixer.export.tflite import TFLITE_TOLERANCE  # noqa: F401
 from keras_mixer.export.tflite import check_builtin_ops  # noqa: F401
+from keras_mixer.export.tflite import ops_outside_delegate  # noqa: F401
 from keras_mixer.export.tflite import run_tflite  # noqa: F401
 from keras_mixer.export.tflite import tflite_latency_ms  # noqa: F401
 from keras_mixer.export.tflite import tflite_ops  # noqa: F401

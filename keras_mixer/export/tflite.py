@@ -7,6 +7,8 @@ checked), keeps the batch dimension dynamic, and checks the result against
 the Keras model before the file takes its name.
 """
 
+import contextlib
+import functools
 import os
 import tempfile
 import time
@@ -41,6 +43,39 @@ def tflite_ops(model_path=None, model_content=None):
     """The sorted op names of a TFLite model."""
     interpreter = load_interpreter(model_path, model_content)
     return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def ops_outside_delegate(model_path=None, model_content=None):
+    """What LiteRT's default CPU delegate (XNNPACK) leaves to the builtin
+    kernels: `({op name: count}, number of delegated partitions)`.
+
+    Each op left outside splits the graph, and each partition is a separate
+    delegate call. The interpreter lists the delegate's nodes after the
+    model's ops but not its execution plan, so the ops still run are found
+    by walking back from the graph's outputs and the delegates' inputs
+    through the ops whose outputs no delegate produces.
+    """
+    interpreter = load_interpreter(model_path, model_content)
+    interpreter.allocate_tensors()
+    details = interpreter._get_ops_details()
+    delegates = [op for op in details if op["op_name"] == "DELEGATE"]
+    delegated = {int(t) for op in delegates for t in op["outputs"]}
+    producer = {int(t): op for op in details if op["op_name"] != "DELEGATE"
+                for t in op["outputs"]}
+    wanted = [int(t) for op in delegates for t in op["inputs"]]
+    wanted += [int(t) for t in interpreter._interpreter.OutputIndices()]
+    outside, visited = {}, set()
+    while wanted:
+        tensor = wanted.pop()
+        if tensor in delegated or tensor not in producer:
+            continue
+        op = producer[tensor]
+        if op["index"] in visited:
+            continue
+        visited.add(op["index"])
+        outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
+        wanted.extend(int(t) for t in op["inputs"])
+    return dict(sorted(outside.items())), len(delegates)
 
 
 def check_builtin_ops(ops):
@@ -103,6 +138,54 @@ def tflite_latency_ms(model_path, runs=20, num_threads=None, warmup=3):
     return 1000.0 * float(np.median(times))
 
 
+def _layer_norm_for_tflite(layer, inputs):
+    """`layer` (a LayerNormalization over the last axis) as mean, sub, mul,
+    mean, add, rsqrt, mul, add: the same function, written so that the
+    converter keeps `centered * centered` a MUL."""
+    x = tf.cast(inputs, tf.float32)
+    centered = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+    variance = tf.reduce_mean(centered * centered, axis=-1, keepdims=True)
+    y = centered * tf.math.rsqrt(variance + layer.epsilon)
+    y = y * tf.cast(layer.gamma, tf.float32) + tf.cast(layer.beta, tf.float32)
+    return tf.cast(y, layer.compute_dtype)
+
+
+def _layer_norm_call(layer, keras_call, inputs):
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    rank = len(inputs.shape)
+    if [a % rank for a in axis] != [rank - 1]:
+        return keras_call(inputs)
+    return _layer_norm_for_tflite(layer, inputs)
+
+
+@contextlib.contextmanager
+def layer_norms_for_xnnpack(model):
+    """Within the block, every LayerNormalization of `model` over the last
+    axis (with centre and scale, no RMS scaling) traces as
+    `_layer_norm_for_tflite`.
+
+    Keras computes the variance with a square of the centred input, which the
+    TFLite converter turns into SQUARED_DIFFERENCE; LiteRT's XNNPACK delegate
+    runs no int8 SQUARED_DIFFERENCE, so a full-integer Mixer-S/32 fell out of
+    the delegate twice per LayerNorm: 6.5 ms at batch 1 against 4.2 ms with
+    the MUL (BENCHMARKS.md, "Full-integer int8 TFLite"). Only the int8 RSQRT
+    of one value per token stays outside. The float files get the same
+    formulation (the same numbers, checked to 1e-4).
+    """
+    patched = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if (isinstance(layer, keras.layers.LayerNormalization)
+                and layer.center and layer.scale and not layer.rms_scaling):
+            layer.call = functools.partial(_layer_norm_call, layer,
+                                           type(layer).call.__get__(layer))
+            patched.append(layer)
+    try:
+        yield patched
+    finally:
+        for layer in patched:
+            del layer.call
+
+
 def to_tflite(model, path, quantization="none", representative_data=None,
               check_data=None, measure_latency=True):
     """Converts `model` to a TFLite file with builtin ops only, checks it and
@@ -126,8 +209,9 @@ def to_tflite(model, path, quantization="none", representative_data=None,
     Returns:
         A dict: path, quantization, size_bytes, ops, max_relative_error
         (max |LiteRT - Keras| / max |Keras| over the probabilities),
-        top1_agreement, latency_ms_batch1. Raises if an op is not builtin, or
-        if float32 / float16 miss their tolerance (1e-4 / 1e-2).
+        top1_agreement, latency_ms_batch1, ops_outside_xnnpack and
+        xnnpack_partitions (`ops_outside_delegate`). Raises if an op is not
+        builtin, or if float32 / float16 miss their tolerance (1e-4 / 1e-2).
     """
     _common.require_tensorflow()
     if quantization not in QUANTIZATIONS:
@@ -162,7 +246,8 @@ def to_tflite(model, path, quantization="none", representative_data=None,
         return {"probabilities": model(images, training=False)}
 
     with tempfile.TemporaryDirectory() as tmp:
-        _common.write_saved_model(model, tmp, {"serving_default": serve})
+        with layer_norms_for_xnnpack(model):
+            _common.write_saved_model(model, tmp, {"serving_default": serve})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization != "none":
@@ -204,6 +289,8 @@ def to_tflite(model, path, quantization="none", representative_data=None,
     # Renamed into place only once the check passes.
     atomic.write_bytes(path, content, check=compare)
     report["size_bytes"] = os.path.getsize(path)
+    report["ops_outside_xnnpack"], report["xnnpack_partitions"] = (
+        ops_outside_delegate(path))
     report["latency_ms_batch1"] = (tflite_latency_ms(path) if measure_latency
                                    else None)
     return report

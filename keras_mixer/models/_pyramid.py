@@ -205,7 +205,10 @@ def weighted_sum(branches, weights):
     channels = branches[0].shape[-1]
     total = 0
     for k, branch in enumerate(branches):
-        total = total + branch * ops.reshape(weights[:, :, k], (-1, 1, 1, channels))
+        # `k:k + 1`, not `k`: LiteRT's XNNPACK delegate runs no STRIDED_SLICE
+        # that drops an axis, and each one left out splits its graph.
+        weight = ops.reshape(weights[:, :, k:k + 1], (-1, 1, 1, channels))
+        total = total + branch * weight
     return total
 
 

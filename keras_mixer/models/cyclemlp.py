@@ -131,14 +131,19 @@ class CycleFC(layers.Dense):
         size = x.shape[axis]
         total = 0
         for d in sorted(set(self.shifts.tolist())):
+            if size is not None and abs(d) >= size:
+                # Every position of these channels reads outside the map: zero.
+                # (The slice would be empty, which LiteRT's XNNPACK delegate
+                # cannot reshape, e.g. on the 1x1 map of a 32x32 input.)
+                continue
             mask = ops.convert_to_tensor(self.shifts == d, dtype=x.dtype)
-            n = min(abs(d), size)
+            n = abs(d)
             index = [slice(None)] * 4
             pad = [(0, 0)] * 4
             if d > 0:  # position p reads p + d: the content moves to lower p
                 index[axis], pad[axis] = slice(n, None), (0, n)
             elif d < 0:
-                index[axis], pad[axis] = slice(None, size - n), (n, 0)
+                index[axis], pad[axis] = slice(None, -n), (n, 0)
             moved = ops.pad(x[tuple(index)], pad) if d else x
             total = total + moved * mask
         return total
