@@ -375,7 +375,8 @@ def test_tflite_is_builtin_only_dynamic_batch_and_matches(family, quantization, 
 def test_layer_norms_trace_as_mul_for_tflite_and_are_restored():
     """Inside `layer_norms_for_xnnpack` every last-axis LayerNormalization
     computes the same function (NumPy float64 reference); other axes and
-    layers without centre or scale keep Keras's call; on leaving, no layer keeps the patch."""
+    layers without centre or scale keep Keras's call; on leaving, no layer
+    keeps the patch."""
     rng = np.random.default_rng(3)
     inputs = keras.Input((5, 12))
     norms = [keras_mixer.layers.LayerNorm(name="ours"),
