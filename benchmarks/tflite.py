@@ -23,15 +23,18 @@ import numpy as np
 
 
 def interleaved_latency(paths, rounds, runs, threads):
-    """{path: [median ms of each round]}, the files timed in turn."""
+    """{path: [median ms of each round]}, the files timed in turn
+    (`keras_mixer.benchmark.timing.interleave`)."""
+    from keras_mixer.benchmark import timing
     from keras_mixer.export import tflite
 
-    times = {path: [] for path in paths}
-    for _ in range(rounds):
-        for path in paths:
-            times[path].append(tflite.tflite_latency_ms(
-                path, runs=runs, num_threads=threads))
-    return times
+    def measurement(path):
+        return timing.Measurement(path, lambda: tflite.tflite_latency_ms(
+            path, runs=runs, num_threads=threads) / 1000.0, self_timed=True)
+
+    seconds = timing.interleave([measurement(p) for p in paths], rounds,
+                                warmup=0)
+    return {path: [1000.0 * s for s in times] for path, times in seconds.items()}
 
 
 def main():

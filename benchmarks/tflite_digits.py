@@ -61,13 +61,14 @@ def arrays(ds):
 def train(model, epochs):
     import keras
 
-    steps = epochs * 22
+    batches = digits("train", True)
+    steps = epochs * int(batches.cardinality())
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, steps, warmup_target=3e-3, warmup_steps=30)
     model.compile(keras.optimizers.AdamW(schedule, weight_decay=0.05),
                   keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
                   metrics=["accuracy"])
-    model.fit(digits("train", True), epochs=epochs, verbose=0)
+    model.fit(batches, epochs=epochs, verbose=0)
     return model
 
 
