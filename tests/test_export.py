@@ -413,6 +413,92 @@ def test_layer_norms_trace_as_mul_for_tflite_and_are_restored():
     assert "SquaredDifference" in {op.type for op in keras_graph.get_operations()}
 
 
+def _depthwise_reference(x, kernel, bias, padding):
+    """A depthwise convolution in NumPy float64, tap by tap."""
+    kh, kw, channels, multiplier = kernel.shape
+    if padding == "same":
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        x = np.pad(x, [(0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)])
+    height, width = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    out = np.zeros((x.shape[0], height, width, channels * multiplier))
+    for i in range(kh):
+        for j in range(kw):
+            taps = x[:, i:i + height, j:j + width, :, None] * kernel[i, j]
+            out += taps.reshape(out.shape)
+    return out + bias
+
+
+def test_depthwise_convs_trace_in_pieces_for_tflite_and_are_restored():
+    """Inside `depthwise_convs_for_xnnpack` a DepthwiseConv2D of more than
+    5x5 taps is the sum of its 3x3 pieces: the same function (NumPy float64
+    reference), also on a map of unknown size; smaller kernels and strided
+    ones keep Keras's call; on leaving, no layer keeps the patch."""
+    rng = np.random.default_rng(5)
+    convs = [keras.layers.DepthwiseConv2D(7, padding="same", activation="relu",
+                                          name="k7"),
+             keras.layers.DepthwiseConv2D((9, 4), padding="valid",
+                                          depth_multiplier=2, name="k9x4"),
+             keras.layers.DepthwiseConv2D(5, padding="same", name="k5"),
+             keras.layers.DepthwiseConv2D(7, strides=2, padding="same",
+                                          name="strided")]
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, [conv(inputs) for conv in convs])
+    for v in model.weights:
+        v.assign(rng.normal(size=v.shape))
+    x = rng.normal(size=(2, 11, 13, 3)).astype("float32")
+    keras_out = model(x)
+    with export.tflite.depthwise_convs_for_xnnpack(model) as patched:
+        assert [c.name for c in patched] == ["k7", "k9x4"]
+        function = tf.function(model)
+        got = function(x)
+        graph = function.get_concrete_function(
+            tf.TensorSpec((None, None, None, 3))).graph
+    ops = [op.type for op in graph.get_operations()]
+    # 3x3 pieces: 9 for the 7x7, 3 x 2 for the 9x4, 1 + 1 unpatched.
+    assert ops.count("DepthwiseConv2dNative") == 9 + 6 + 2
+    for out, conv, padding in zip(got[:2], convs, ("same", "valid")):
+        kernel, bias = (np.asarray(w, np.float64) for w in conv.get_weights())
+        want = _depthwise_reference(x.astype(np.float64), kernel, bias, padding)
+        if conv.name == "k7":
+            want = np.maximum(want, 0)
+        assert np.abs(np.asarray(out) - want).max() < 1e-5 * np.abs(want).max()
+    for out, keras_one in zip(got[2:], keras_out[2:]):
+        np.testing.assert_allclose(out, keras_one, rtol=1e-6, atol=1e-6)
+    assert not [layer for layer in model._flatten_layers() if "call" in vars(layer)]
+
+
+def test_cycle_shifts_trace_as_depthwise_for_tflite_and_are_restored():
+    """Inside `cycle_shifts_for_xnnpack` every Cycle FC shifts its channels
+    with a one-hot depthwise convolution: exactly the definition (channel c
+    reads position p + d(c), zeros outside), on 1-wide maps too."""
+    from keras_mixer.models import cyclemlp
+
+    rng = np.random.default_rng(6)
+    for kernel_size in ((1, 3), (3, 1), (1, 4)):
+        for height, width in ((5, 7), (1, 1), (2, 1)):
+            fc = cyclemlp.CycleFC(4, kernel_size)
+            inputs = keras.Input((height, width, 7))
+            model = keras.Model(inputs, fc(inputs))
+            x = rng.normal(size=(2, height, width, 7)).astype("float32")
+            want = np.zeros_like(x)
+            axis = fc.shift_axis
+            for c, d in enumerate(fc.shifts):
+                for p in range(x.shape[axis]):
+                    if 0 <= p + d < x.shape[axis]:
+                        source = [slice(None), slice(None), slice(None), c]
+                        target = list(source)
+                        source[axis], target[axis] = p + d, p
+                        want[tuple(target)] = x[tuple(source)]
+            with export.tflite.cycle_shifts_for_xnnpack(model) as patched:
+                assert patched == [fc]
+                got = tf.function(fc.shift)(tf.constant(x))
+                ops = {op.type for op in tf.function(fc.shift).get_concrete_function(
+                    tf.TensorSpec(x.shape)).graph.get_operations()}
+            assert "DepthwiseConv2dNative" in ops and "Pad" not in ops
+            np.testing.assert_array_equal(got, want)
+            assert "shift" not in vars(fc)
+
+
 def test_tflite_checks(small_model, tmp_path):
     with pytest.raises(RuntimeError, match=r"non-builtin ops \['FlexErf'\]"):
         export.check_builtin_ops(["ADD", "FlexErf"])

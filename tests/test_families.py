@@ -561,6 +561,28 @@ def test_exports_of_the_new_families(tmp_path):
     assert report["max_relative_error"] < 1e-5 and "Erf" in report["ops"]
 
 
+def test_convmixer_7x7_exports_in_3x3_pieces(tmp_path):
+    """ConvMixer-768/32's 7x7 depthwise convolution reaches TFLite as 3x3
+    pieces (LiteRT's XNNPACK runs a 7x7 about 5x slower than its nine
+    pieces), all in one XNNPACK partition, and matches Keras."""
+    from keras_mixer import export
+
+    model = keras_mixer.ConvMixer(16, 1, kernel_size=7, patch_size=4,
+                                  activation="relu", input_shape=(32, 32, 3),
+                                  classes=CLASSES)
+    rng = np.random.default_rng(8)
+    for v in model.weights:
+        v.assign(rng.uniform(0.5, 1.5, v.shape) if "variance" in v.path
+                 else rng.normal(0, 0.3, v.shape))
+    images = pixels("gmlp", batch=3)
+    report = export.to_tflite(model, str(tmp_path / "m.tflite"), check_data=images,
+                              measure_latency=False)
+    details = export.tflite.load_interpreter(report["path"])._get_ops_details()
+    assert [op["op_name"] for op in details].count("DEPTHWISE_CONV_2D") == 9
+    assert report["max_relative_error"] < 1e-4
+    assert (report["ops_outside_xnnpack"], report["xnnpack_partitions"]) == ({}, 1)
+
+
 # ----------------------------------------------------------------------------
 # JAX and PyTorch in fresh processes; the Hub through huggingface_hub.
 # ----------------------------------------------------------------------------

@@ -483,6 +483,8 @@ def test_export_saved_model_tflite_and_onnx(tmp_path):
         # One XNNPACK partition: the branch weights are sliced without
         # dropping an axis (a STRIDED_SLICE that drops one stays outside).
         assert (report["ops_outside_xnnpack"], report["xnnpack_partitions"]) == ({}, 1)
+        # CycleMLP's shifts: one-hot depthwise convolutions, no masked sums.
+        assert ("DEPTHWISE_CONV_2D" in report["ops"]) == (name == "cyclemlp")
         got = export.run_tflite(report["path"], x[:1])  # another batch size
         assert rel_err(got, run(model, x[:1])) < 1e-4
     served = export.save_for_serving(models["vip"], str(tmp_path / "serving"))

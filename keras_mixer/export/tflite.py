@@ -20,6 +20,7 @@ import keras
 
 from keras_mixer import atomic
 from keras_mixer.export import _common
+from keras_mixer.models import cyclemlp
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8", "int8")
 # Largest relative error accepted against the Keras model (max |diff| over
@@ -186,6 +187,158 @@ def layer_norms_for_xnnpack(model):
             del layer.call
 
 
+def _cycle_shift_for_tflite(layer, inputs):
+    """`layer.shift` (a Cycle FC's channel shift) as one depthwise
+    convolution whose per-channel kernel is 1 at the channel's displacement
+    and 0 elsewhere, over the zero-padded map: the same numbers (one term
+    times 1, the others times 0). The slices, pads and masked sums of the
+    Keras form requantize once per displacement in a full-integer file."""
+    kh, kw = layer.kernel_size
+    k = max(kh, kw)
+    channels = inputs.shape[-1]
+    kernel = np.zeros((kh, kw, channels, 1), np.float32)
+    taps = layer.shifts + k // 2  # position p reads p + d = padded p + tap
+    if kh == 1:
+        kernel[0, taps, np.arange(channels), 0] = 1.0
+        padding = [[0, 0], [0, 0], [k // 2, k - 1 - k // 2], [0, 0]]
+    else:
+        kernel[taps, 0, np.arange(channels), 0] = 1.0
+        padding = [[0, 0], [k // 2, k - 1 - k // 2], [0, 0], [0, 0]]
+    if k % 2:  # odd: "SAME" is that padding, and the converter keeps one op
+        padding = "SAME"
+    kernel = tf.constant(kernel, dtype=inputs.dtype)
+    return tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], padding)
+
+
+@contextlib.contextmanager
+def cycle_shifts_for_xnnpack(model):
+    """Within the block, every Cycle FC of `model` shifts its channels
+    with `_cycle_shift_for_tflite`: in a full-integer CycleMLP-B1 the masked
+    shifts cost more than in float32 (BENCHMARKS.md, "Full-integer int8
+    TFLite"). A layer whose `shift` is already replaced on the instance
+    keeps it. Yields the patched layers; restored afterwards."""
+    patched = [layer for layer in model._flatten_layers(include_self=False,
+                                                        recursive=True)
+               if isinstance(layer, cyclemlp.CycleFC)
+               and "shift" not in vars(layer)]
+    for layer in patched:
+        layer.shift = functools.partial(_cycle_shift_for_tflite, layer)
+    try:
+        yield patched
+    finally:
+        for layer in patched:
+            del layer.shift
+
+
+# LiteRT's XNNPACK delegate ran a depthwise convolution of up to 5x5 taps at
+# 33-55 GFLOP/s here and one of 6x6 or more at about 5 GFLOP/s (ConvMixer's
+# 7x7: 15 ms per block at 32x32x768); in 3x3 pieces, its fastest kernel, the
+# 7x7 takes 3.0 ms (BENCHMARKS.md, "Full-integer int8 TFLite").
+XNNPACK_DEPTHWISE_TAPS = 25
+DEPTHWISE_PIECE = 3
+
+
+def _depthwise_for_tflite(layer, inputs):
+    """`layer` (a stride-1 DepthwiseConv2D, channels last) as the sum of
+    depthwise convolutions of its kernel's 3x3 pieces over the padded map:
+    the same function, to float rounding."""
+    kernel = tf.cast(layer.kernel, inputs.dtype)
+    kh, kw = kernel.shape[:2]
+    x = inputs
+    if layer.padding == "same":
+        top, left = (kh - 1) // 2, (kw - 1) // 2
+        x = tf.pad(x, [[0, 0], [top, kh - 1 - top], [left, kw - 1 - left],
+                       [0, 0]])
+    total = 0
+    for r0 in range(0, kh, DEPTHWISE_PIECE):
+        r1 = min(r0 + DEPTHWISE_PIECE, kh)
+        for c0 in range(0, kw, DEPTHWISE_PIECE):
+            c1 = min(c0 + DEPTHWISE_PIECE, kw)
+            # The rows and columns this piece reads: ends relative to the
+            # map's end, so a map of unknown size works too.
+            part = x[:, r0:(r1 - kh) or None, c0:(c1 - kw) or None, :]
+            total = total + tf.nn.depthwise_conv2d(
+                part, kernel[r0:r1, c0:c1], [1, 1, 1, 1], "VALID")
+    if layer.use_bias:
+        total = tf.nn.bias_add(total, tf.cast(layer.bias, inputs.dtype))
+    return layer.activation(total)
+
+
+@contextlib.contextmanager
+def depthwise_convs_for_xnnpack(model):
+    """Within the block, every DepthwiseConv2D of `model` with more than
+    `XNNPACK_DEPTHWISE_TAPS` taps (stride and dilation 1, channels last)
+    traces as `_depthwise_for_tflite`. Yields the patched layers; restored
+    afterwards."""
+    patched = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if (isinstance(layer, keras.layers.DepthwiseConv2D)
+                and "call" not in vars(layer)
+                and tuple(layer.strides) == (1, 1)
+                and tuple(layer.dilation_rate) == (1, 1)
+                and layer.data_format == "channels_last"
+                and np.prod(layer.kernel_size) > XNNPACK_DEPTHWISE_TAPS):
+            layer.call = functools.partial(_depthwise_for_tflite, layer)
+            patched.append(layer)
+    try:
+        yield patched
+    finally:
+        for layer in patched:
+            del layer.call
+
+
+def converter_for(model, saved_model_dir, quantization="none",
+                  representative_data=None):
+    """The TFLite converter `to_tflite` runs: `model` written as a SavedModel
+    into `saved_model_dir` (with `layer_norms_for_xnnpack`,
+    `cycle_shifts_for_xnnpack` and, but for "dynamic_int8",
+    `depthwise_convs_for_xnnpack`) and the
+    converter's options for `quantization`; int8 files end at the logits.
+    The arguments are `to_tflite`'s, already checked."""
+    height, width, is_softmax = _common.check_classifier(model)
+    # A full-integer softmax has steps of 1/256: a confident 1000-class
+    # output survives, a flat one rounds to all zeros. So int8 files end at
+    # the (int8) logits, and `run_tflite` / `predict` apply the softmax.
+    logits = None
+    if quantization == "int8" and is_softmax:
+        logits = keras.Model(model.input, model.get_layer("head").output)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
+    def serve(images):
+        if logits is not None:
+            return {"logits": tf.cast(logits(images, training=False), tf.float32)}
+        return {"probabilities": model(images, training=False)}
+
+    # With int8 weights and float activations the converter gives the pieces
+    # hybrid kernels that XNNPACK leaves out, while LiteRT's own hybrid
+    # kernel runs the whole 7x7 faster (3.9 ms against 10.4 in pieces).
+    pieces = (contextlib.nullcontext() if quantization == "dynamic_int8"
+              else depthwise_convs_for_xnnpack(model))
+    with (layer_norms_for_xnnpack(model), cycle_shifts_for_xnnpack(model),
+          pieces):
+        _common.write_saved_model(model, saved_model_dir,
+                                  {"serving_default": serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        def representative():
+            for image in representative_data:
+                yield [image[None]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        ]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+    return converter
+
+
 def to_tflite(model, path, quantization="none", representative_data=None,
               check_data=None, measure_latency=True):
     """Converts `model` to a TFLite file with builtin ops only, checks it and
@@ -218,13 +371,7 @@ def to_tflite(model, path, quantization="none", representative_data=None,
         raise ValueError(
             f"Unknown quantization {quantization!r}; use one of {QUANTIZATIONS}."
         )
-    height, width, is_softmax = _common.check_classifier(model)
-    # A full-integer softmax has steps of 1/256: a confident 1000-class
-    # output survives, a flat one rounds to all zeros. So int8 files end at
-    # the (int8) logits, and `run_tflite` / `predict` apply the softmax.
-    logits = None
-    if quantization == "int8" and is_softmax:
-        logits = keras.Model(model.input, model.get_layer("head").output)
+    height, width, _ = _common.check_classifier(model)
     if quantization == "int8":
         if representative_data is None or len(representative_data) == 0:
             raise ValueError(
@@ -238,34 +385,9 @@ def to_tflite(model, path, quantization="none", representative_data=None,
                 f"representative_data has shape {representative_data.shape}; "
                 f"the model takes [N, {height}, {width}, 3]."
             )
-    @tf.function(input_signature=[
-        tf.TensorSpec((None, height, width, 3), tf.float32, name="images")])
-    def serve(images):
-        if logits is not None:
-            return {"logits": tf.cast(logits(images, training=False), tf.float32)}
-        return {"probabilities": model(images, training=False)}
-
     with tempfile.TemporaryDirectory() as tmp:
-        with layer_norms_for_xnnpack(model):
-            _common.write_saved_model(model, tmp, {"serving_default": serve})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization != "none":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantization == "int8":
-            def representative():
-                for image in representative_data:
-                    yield [image[None]]
-
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-            ]
-            converter.inference_input_type = tf.float32
-            converter.inference_output_type = tf.float32
-        content = converter.convert()
+        content = converter_for(model, tmp, quantization,
+                                representative_data).convert()
     ops = tflite_ops(model_content=content)
     check_builtin_ops(ops)
     if check_data is None:
