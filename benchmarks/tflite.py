@@ -12,9 +12,20 @@ or a .keras file, and the calibration and check images are uniform noise
 unless --dataset gives real ones (e.g. digits): with random weights the
 agreement says little about accuracy (benchmarks/tflite_digits.py trains
 models on the bundled digits for that).
+
+--ablate takes parts of the graph out (the numbers change; the rest of the
+work stays), to see which part keeps int8 from gaining:
+
+    python benchmarks/tflite.py --model CycleMLPB1 --ablate cycle_shift
+    python benchmarks/tflite.py --model ConvMixer768_32 --ablate depthwise
+
+"cycle_shift": each Cycle FC without its shift (a plain 1x1 FC);
+"split_softmax": CycleMLP's and ViP's branch weights without the softmax
+(the logits); "depthwise": ConvMixer's blocks without the depthwise conv.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -37,6 +48,58 @@ def interleaved_latency(paths, rounds, runs, threads):
     return {path: [1000.0 * s for s in times] for path, times in seconds.items()}
 
 
+ABLATIONS = ("cycle_shift", "split_softmax", "depthwise")
+
+
+@contextlib.contextmanager
+def ablated(model, parts):
+    """Within the block, the layers of `model` named by `parts` (see
+    ABLATIONS) run without that part; restored afterwards."""
+    from keras import ops
+
+    from keras_mixer.models import _pyramid, convmixer, cyclemlp
+
+    def without_softmax(layer):
+        def call(inputs):
+            h = ops.gelu(layer.fc1.on_rows(inputs),
+                         approximate=layer.approximate_gelu)
+            return ops.reshape(layer.fc2.on_rows(h),
+                               (-1, inputs.shape[-1], layer.branches))
+        return call
+
+    def without_depthwise(layer):
+        def call(inputs, training=None):
+            y = convmixer.activate(inputs, layer.activation,
+                                   layer.approximate_gelu)
+            x = inputs + layer.norm1(y, training=training)
+            y = convmixer.activate(layer.pointwise(x), layer.activation,
+                                   layer.approximate_gelu)
+            return layer.norm2(y, training=training)
+        return call
+
+    patched = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if "cycle_shift" in parts and isinstance(layer, cyclemlp.CycleFC):
+            layer.shift, attribute = (lambda x: x), "shift"
+        elif ("split_softmax" in parts
+              and isinstance(layer, _pyramid.SplitAttention)):
+            layer.call, attribute = without_softmax(layer), "call"
+        elif ("depthwise" in parts
+              and isinstance(layer, convmixer.ConvMixerBlock)):
+            layer.call, attribute = without_depthwise(layer), "call"
+        else:
+            continue
+        patched.append((layer, attribute))
+    if parts and not patched:
+        raise SystemExit(f"--ablate {','.join(parts)}: no such part in "
+                         f"{model.name}")
+    try:
+        yield
+    finally:
+        for layer, attribute in patched:
+            delattr(layer, attribute)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="MixerS32")
@@ -47,7 +110,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--quantization", default="none,dynamic_int8,int8")
+    parser.add_argument("--ablate", default="",
+                        help=f"comma-separated parts of {ABLATIONS} to leave "
+                        "out of the graph")
     args = parser.parse_args()
+    parts = [p for p in args.ablate.split(",") if p]
+    if set(parts) - set(ABLATIONS):
+        parser.error(f"--ablate: unknown part(s); use some of {ABLATIONS}")
     quantizations = args.quantization.split(",")
     if quantizations[0] != "none":
         parser.error("--quantization must start with none (the baseline)")
@@ -78,7 +147,7 @@ def main():
         images = np.random.default_rng(1).uniform(0, 255, (64, size, size, 3))
     images = images.astype("float32")
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ablated(model, parts):
         for quantization in quantizations:
             rows.append(export.to_tflite(
                 model, os.path.join(tmp, f"{quantization}.tflite"),
@@ -90,7 +159,8 @@ def main():
     base = np.array(times[rows[0]["path"]])
     print(f"{args.model} at {size}x{size}, {model.count_params():,} parameters, "
           f"keras {keras.__version__}, threads {args.threads or 'default'}, "
-          f"{args.rounds} interleaved rounds of {args.runs} runs, load "
+          f"{args.rounds} interleaved rounds of {args.runs} runs, ablated "
+          f"{args.ablate or 'nothing'}, load "
           f"{os.getloadavg()[0]:.2f}")
     print(f"{'quantization':<14}{'MB':>7}{'ms (batch 1)':>14}{'speed-up':>10}"
           f"{'(range)':>14}{'max rel err':>13}{'top-1 agree':>13}"
