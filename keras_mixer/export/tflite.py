@@ -160,6 +160,25 @@ def _layer_norm_call(layer, keras_call, inputs):
 
 
 @contextlib.contextmanager
+def _patched(model, attribute, replacement):
+    """Within the block, each sublayer of `model` for which
+    `replacement(layer)` returns a function has it as its `attribute` (on
+    the instance, so the class and other models are untouched); yields the
+    patched layers, and removes the attribute again on leaving, also on
+    error. A layer that already has `attribute` on the instance keeps it."""
+    patched = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        function = None if attribute in vars(layer) else replacement(layer)
+        if function is not None:
+            setattr(layer, attribute, function)
+            patched.append(layer)
+    try:
+        yield patched
+    finally:
+        for layer in patched:
+            delattr(layer, attribute)
+
+
 def layer_norms_for_xnnpack(model):
     """Within the block, every LayerNormalization of `model` over the last
     axis (with centre and scale, no RMS scaling) traces as
@@ -173,18 +192,14 @@ def layer_norms_for_xnnpack(model):
     of one value per token stays outside. The float files get the same
     formulation (the same numbers, checked to 1e-4).
     """
-    patched = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    def replacement(layer):
         if (isinstance(layer, keras.layers.LayerNormalization)
                 and layer.center and layer.scale and not layer.rms_scaling):
-            layer.call = functools.partial(_layer_norm_call, layer,
-                                           type(layer).call.__get__(layer))
-            patched.append(layer)
-    try:
-        yield patched
-    finally:
-        for layer in patched:
-            del layer.call
+            return functools.partial(_layer_norm_call, layer,
+                                     type(layer).call.__get__(layer))
+        return None
+
+    return _patched(model, "call", replacement)
 
 
 def _cycle_shift_for_tflite(layer, inputs):
@@ -210,24 +225,16 @@ def _cycle_shift_for_tflite(layer, inputs):
     return tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], padding)
 
 
-@contextlib.contextmanager
 def cycle_shifts_for_xnnpack(model):
     """Within the block, every Cycle FC of `model` shifts its channels
     with `_cycle_shift_for_tflite`: in a full-integer CycleMLP-B1 the masked
     shifts cost more than in float32 (BENCHMARKS.md, "Full-integer int8
     TFLite"). A layer whose `shift` is already replaced on the instance
-    keeps it. Yields the patched layers; restored afterwards."""
-    patched = [layer for layer in model._flatten_layers(include_self=False,
-                                                        recursive=True)
-               if isinstance(layer, cyclemlp.CycleFC)
-               and "shift" not in vars(layer)]
-    for layer in patched:
-        layer.shift = functools.partial(_cycle_shift_for_tflite, layer)
-    try:
-        yield patched
-    finally:
-        for layer in patched:
-            del layer.shift
+    keeps it. A context manager yielding the patched layers; restored
+    afterwards."""
+    return _patched(model, "shift", lambda layer: (
+        functools.partial(_cycle_shift_for_tflite, layer)
+        if isinstance(layer, cyclemlp.CycleFC) else None))
 
 
 # LiteRT's XNNPACK delegate ran a depthwise convolution of up to 5x5 taps at
@@ -264,27 +271,21 @@ def _depthwise_for_tflite(layer, inputs):
     return layer.activation(total)
 
 
-@contextlib.contextmanager
 def depthwise_convs_for_xnnpack(model):
     """Within the block, every DepthwiseConv2D of `model` with more than
     `XNNPACK_DEPTHWISE_TAPS` taps (stride and dilation 1, channels last)
     traces as `_depthwise_for_tflite`. Yields the patched layers; restored
     afterwards."""
-    patched = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    def replacement(layer):
         if (isinstance(layer, keras.layers.DepthwiseConv2D)
-                and "call" not in vars(layer)
                 and tuple(layer.strides) == (1, 1)
                 and tuple(layer.dilation_rate) == (1, 1)
                 and layer.data_format == "channels_last"
                 and np.prod(layer.kernel_size) > XNNPACK_DEPTHWISE_TAPS):
-            layer.call = functools.partial(_depthwise_for_tflite, layer)
-            patched.append(layer)
-    try:
-        yield patched
-    finally:
-        for layer in patched:
-            del layer.call
+            return functools.partial(_depthwise_for_tflite, layer)
+        return None
+
+    return _patched(model, "call", replacement)
 
 
 def converter_for(model, saved_model_dir, quantization="none",
