@@ -274,8 +274,8 @@ def _depthwise_for_tflite(layer, inputs):
 def depthwise_convs_for_xnnpack(model):
     """Within the block, every DepthwiseConv2D of `model` with more than
     `XNNPACK_DEPTHWISE_TAPS` taps (stride and dilation 1, channels last)
-    traces as `_depthwise_for_tflite`. Yields the patched layers; restored
-    afterwards."""
+    traces as `_depthwise_for_tflite`. A context manager yielding the
+    patched layers; restored afterwards."""
     def replacement(layer):
         if (isinstance(layer, keras.layers.DepthwiseConv2D)
                 and tuple(layer.strides) == (1, 1)
@@ -293,9 +293,9 @@ def converter_for(model, saved_model_dir, quantization="none",
     """The TFLite converter `to_tflite` runs: `model` written as a SavedModel
     into `saved_model_dir` (with `layer_norms_for_xnnpack`,
     `cycle_shifts_for_xnnpack` and, but for "dynamic_int8",
-    `depthwise_convs_for_xnnpack`) and the
-    converter's options for `quantization`; int8 files end at the logits.
-    The arguments are `to_tflite`'s, already checked."""
+    `depthwise_convs_for_xnnpack`) and the converter's options for
+    `quantization`; int8 files end at the logits. The arguments are
+    `to_tflite`'s, already checked."""
     height, width, is_softmax = _common.check_classifier(model)
     # A full-integer softmax has steps of 1/256: a confident 1000-class
     # output survives, a flat one rounds to all zeros. So int8 files end at
