@@ -77,27 +77,29 @@ def ablated(model, parts):
             return layer.norm2(y, training=training)
         return call
 
-    patched = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    from keras_mixer.export import tflite
+
+    def call_without(layer):
+        if ("split_softmax" in parts
+                and isinstance(layer, _pyramid.SplitAttention)):
+            return without_softmax(layer)
+        if "depthwise" in parts and isinstance(layer, convmixer.ConvMixerBlock):
+            return without_depthwise(layer)
+        return None
+
+    def shift_without(layer):
         if "cycle_shift" in parts and isinstance(layer, cyclemlp.CycleFC):
-            layer.shift, attribute = (lambda x: x), "shift"
-        elif ("split_softmax" in parts
-              and isinstance(layer, _pyramid.SplitAttention)):
-            layer.call, attribute = without_softmax(layer), "call"
-        elif ("depthwise" in parts
-              and isinstance(layer, convmixer.ConvMixerBlock)):
-            layer.call, attribute = without_depthwise(layer), "call"
-        else:
-            continue
-        patched.append((layer, attribute))
-    if parts and not patched:
-        raise SystemExit(f"--ablate {','.join(parts)}: no such part in "
-                         f"{model.name}")
-    try:
+            return lambda x: x
+        return None
+
+    # The export's own rewrites leave a layer alone whose attribute is
+    # already replaced, so the ablation holds through the conversion.
+    with (tflite._patched(model, "call", call_without) as calls,
+          tflite._patched(model, "shift", shift_without) as shifts):
+        if parts and not calls + shifts:
+            raise SystemExit(f"--ablate {','.join(parts)}: no such part in "
+                             f"{model.name}")
         yield
-    finally:
-        for layer, attribute in patched:
-            delattr(layer, attribute)
 
 
 def main():
